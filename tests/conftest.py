@@ -1,0 +1,33 @@
+"""Shared fixtures: the real default model (loaded once) and small random models per family."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from bip_core.loading import load_model, random_model  # noqa: E402
+from bip_core.tiny_configs import FAMILIES, tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def default_loaded():
+    """The embedded SmolLM2-135M-Instruct (do not modify it in a test: it is shared)."""
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_loaded):
+    return default_loaded.tokenizer
+
+
+@pytest.fixture(params=[(f, g) for f in FAMILIES for g in (True, False)],
+                ids=lambda p: f"{p[0]}-{'gqa' if p[1] else 'mha'}")
+def tiny_model(request):
+    """A random model (seed 0) of each supported family, GQA and MHA."""
+    family, gqa = request.param
+    return random_model(tiny_config(family, gqa=gqa), seed=0)
