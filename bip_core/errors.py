@@ -19,3 +19,11 @@ class OfflineError(BipError):
 
 class DataError(BipError):
     """Text or task data is missing, empty, or too short for what was asked."""
+
+
+class PlanError(BipError):
+    """A pruning plan cannot be made or applied (bad ratio, impossible constraints, other model)."""
+
+
+class ExportError(BipError):
+    """An exported pruned model cannot be written, or its folder is incomplete or corrupt."""
