@@ -27,3 +27,7 @@ class PlanError(BipError):
 
 class ExportError(BipError):
     """An exported pruned model cannot be written, or its folder is incomplete or corrupt."""
+
+
+class ScoresError(BipError):
+    """Scores are malformed, from another model, or cannot be computed as asked (method, unit, tokens)."""
