@@ -125,6 +125,7 @@ def prune_model(model, plan: Plan, bias_compensation: bool = False, scores=None)
             module = layer.get_submodule(MODULE_PATHS[module_name])
             setattr(module, param_name, nn.Parameter(tensor.contiguous(), requires_grad=requires_grad))
     _record_shapes(pruned.config, shapes)
+    pruned.config.bip_bias_compensation = bool(bias_compensation)
     return pruned
 
 
