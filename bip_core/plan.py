@@ -17,8 +17,9 @@ a row of gate_proj and up_proj and a column of down_proj.
               remove more so that the global ratio still holds (an error if they cannot).
   global      one ranking of every unit and channel of all layers by
               score / block output_scale (when the scores have it) / parameters removed.
-  global-std  FLAP's ranking: scores standardised per layer and sub-block, (s - mean) / std, one
-              ranking; units weigh their parameter count when the budget is filled.
+  global-std  FLAP's ranking: scores standardised per layer and sub-block, (s - mean) / std (with
+              the layer's recorded `standardisation` statistics when the scores have them, as FLAP
+              scores do), one ranking; units weigh their parameter count when the budget is filled.
   manual      per-layer (attention_ratio, mlp_ratio) pairs, e.g. `plan.meta["layer_ratios"]` of
               another plan edited with sliders.
 
@@ -304,19 +305,21 @@ def _uniform_counts(costs: Costs, ratio: float, active: np.ndarray, min_units: i
     return keep_units, keep_channels
 
 
-def _standardise(s: np.ndarray) -> np.ndarray:
-    std = s.std(ddof=1) if s.size > 1 else 0.0
-    return (s - s.mean()) / (std if std > 0 else 1.0)
+def _standardise(s: np.ndarray, stats=None) -> np.ndarray:
+    """(s - mean) / std over the layer's scores, or with the scores' recorded [mean, std] (FLAP's per-channel
+    statistics, so that unit scores are standardised exactly as the reference does)."""
+    mean, std = stats if stats is not None else (s.mean(), s.std(ddof=1) if s.size > 1 else 0.0)
+    return (s - mean) / (std if std > 0 else 1.0)
 
 
 def _global_counts(attention, mlp, costs: Costs, ratio: float, active: np.ndarray, min_units: int,
-                   standardise: bool, output_scale):
+                   standardise: bool, output_scale, stats):
     """Kept (units, channels) per layer from one ranking of all units and channels (least important first)."""
     priority, cost, layer_of, is_unit = [], [], [], []
     for i in np.flatnonzero(active):
         a, m = attention[i], mlp[i]
         if standardise:
-            pa, pm = _standardise(a), _standardise(m)
+            pa, pm = _standardise(a, (stats[i] or {}).get("attention")), _standardise(m, (stats[i] or {}).get("mlp"))
         else:
             scale = output_scale[i] if output_scale is not None and output_scale[i] > 0 else 1.0
             pa, pm = a / scale / costs.unit_cost[i], m / scale / costs.channel_cost[i]
@@ -332,7 +335,7 @@ def _global_counts(attention, mlp, costs: Costs, ratio: float, active: np.ndarra
             is_unit.append(np.full(p.size, unit, dtype=bool))
     priority, cost = np.concatenate(priority), np.concatenate(cost)
     layer_of, is_unit = np.concatenate(layer_of), np.concatenate(is_unit)
-    order = np.argsort(priority, kind="stable")
+    order = np.argsort(priority)
     removable = int(np.isfinite(priority).sum())
     reach = np.concatenate([[0], np.cumsum(cost[order][:removable])])
     target = ratio * costs.layer_params.sum()
@@ -375,10 +378,12 @@ def _manual_counts(costs: Costs, layer_ratios, active: np.ndarray, min_units: in
 
 
 def _top(scores: np.ndarray, k: int) -> list[int]:
-    """Sorted indices of the k highest scores (ties: the lower index wins)."""
+    """Sorted indices of the k highest scores."""
     if k >= scores.size:
         return list(range(scores.size))
-    return np.sort(np.argsort(-scores, kind="stable")[:k]).tolist()
+    if k <= 0:
+        return []
+    return np.sort(np.argpartition(-scores, k - 1)[:k]).tolist()
 
 
 def _check_ratio(ratio) -> float:
@@ -405,9 +410,8 @@ def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int
     if unit not in UNIT_KINDS or (unit == "head" and any(g.n_rep != 1 for g in geometry)):
         raise PlanError(f"Scores unit '{unit}' does not fit this model (unit kinds: {UNIT_KINDS}; 'head' is for MHA).")
     attention, mlp = _score_arrays(layers, geometry, unit, scores_meta.get("model"))
-    check = getattr(scores, "check_matches", None)
-    if callable(check):
-        check(model)
+    if callable(getattr(scores, "check_matches", None)) and scores_meta.get("geometry") is not None:
+        scores.check_matches(model)  # the Scores object's own, finer check (widths, hidden size)
     n_layers = len(geometry)
     for name, value in (("skip_first", skip_first), ("skip_last", skip_last), ("round_to", round_to)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (1 if name == "round_to" else 0):
@@ -424,7 +428,8 @@ def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int
         scale = [layer.get("output_scale") for layer in layers]
         scale = np.asarray(scale, dtype=np.float64) if all(s is not None for s in scale) else None
         keep_units, keep_channels = _global_counts(attention, mlp, costs, ratio, active, min_units,
-                                                   allocation == "global-std", scale)
+                                                   allocation == "global-std", scale,
+                                                   [layer.get("standardisation") for layer in layers])
     else:
         if layer_ratios is None:
             raise PlanError("The manual allocation needs layer_ratios: one (attention_ratio, mlp_ratio) pair per layer.")
