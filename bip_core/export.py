@@ -215,6 +215,9 @@ def _write(model, tokenizer, plan: Plan, folder: Path, provenance: dict | None) 
         tokenizer.save_pretrained(folder)
     plan.save(folder / PLAN_FILE)
     _write_manifest(folder)
+    folder.chmod(0o755)  # temporary files and folders are private; the export is an ordinary folder
+    for path in folder.iterdir():
+        path.chmod(0o644)
 
 
 def export_model(model, tokenizer, plan: Plan, folder, provenance: dict | None = None) -> Path:
