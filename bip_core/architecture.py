@@ -65,7 +65,7 @@ class LayerGeometry:
 
     @property
     def n_rep(self) -> int:
-        return self.num_heads // self.num_kv_heads
+        return self.num_heads // self.num_kv_heads if self.num_kv_heads else 0  # 0: attention pruned away
 
     def num_units(self, unit: str) -> int:
         if unit == "kv_group" or unit == "head":
