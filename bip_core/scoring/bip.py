@@ -1,0 +1,124 @@
+"""LLM-BIP: block-wise forward importance propagation (METHOD.md section 2), one forward pass.
+
+Block l, token t: z_tk = output of head k (o_proj input), h_t = x_t + a_t, m_tj = down_proj input,
+y_t = h_t + sum_j W_down[:, j] m_tj, F(h) = MLP(RMSNorm2(h)).
+
+    I_ch(l, j)  = ||W_down[:, j]||_2 * mean_t |m_tj|                        exact block-output change
+    I_att(l, g) = (1 + L_l) * mean_t ||sum_{k in g} W_O^(k) z_tk||_2        upper bound
+    L_l         = max (or a quantile) over sampled tokens of ||F(h+e) - F(h)|| / ||e||,
+                  e random with ||e|| = eps * ||h||;  lipschitz="zero" uses L_l = 0
+
+The unit's output delta_tg = W_g z_tg (W_g: o_proj columns of the unit's heads) is summed over its
+heads before the norm, computed as ||delta_tg||^2 = z_tg^T G_g z_tg with G_g = W_g^T W_g
+([unit channels]^2, far smaller than o_proj itself when a unit is a fraction of the heads).
+
+aggregation (channels): "mean_abs" as above; "rms": sqrt(mean_t m_tj^2); "std": the centred
+variant (METHOD.md section 7 point 4): std_t(m_tj) for channels and (1 + L_l) * sqrt(mean_t
+||delta_tg - mean delta_g||^2) for units, the change that remains after bias compensation.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..calibration import LayerStats, RunningMoments, weight
+from .units import unit_query_heads
+
+PASS = "forward"
+DEFAULTS = {"aggregation": "mean_abs", "lipschitz": "measured", "lipschitz_quantile": 1.0,
+            "lipschitz_tokens": 128, "lipschitz_eps": 0.01}
+CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("measured", "zero")}
+LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
+          "lipschitz_tokens": (lambda n: n >= 1, ">= 1"),
+          "lipschitz_eps": (lambda eps: eps > 0, "> 0")}
+
+
+class Stats(LayerStats):
+    def __init__(self, model, index, unit, options, seed):
+        super().__init__(model, index, unit, options, seed)
+        g = self.geometry
+        self.units = g.num_units(unit)
+        self.unit_width = len(g.unit_heads(unit, 0)[0]) * g.head_dim  # channels per unit
+        order = unit_query_heads(g, unit)
+        self.head_order = None if order == list(range(g.num_heads)) else torch.tensor(order)
+        self.gram = None  # [units, unit_width, unit_width]
+        self.centred = options["aggregation"] == "std"
+        self.unit_moments = RunningMoments(covariance=True)  # of z_tg, for "std"
+        self.channel_moments = RunningMoments()  # of m_tj, for "std"
+        self.lipschitz_ratios: list[torch.Tensor] = []
+        self.generator = torch.Generator().manual_seed(int(seed) * 100_003 + index)
+
+    # ---- attention: mean_t ||W_g z_tg|| ----------------------------------------------------------
+    def unit_inputs(self, z: torch.Tensor) -> torch.Tensor:
+        """[tokens, heads*head_dim] -> [units, tokens, unit_width] (a unit's heads side by side)."""
+        g = self.geometry
+        heads = z.view(z.shape[0], g.num_heads, g.head_dim)
+        if self.head_order is not None:
+            heads = heads[:, self.head_order.to(z.device)]
+        return heads.reshape(z.shape[0], self.units, self.unit_width).transpose(0, 1)
+
+    def unit_grams(self, device) -> torch.Tensor:
+        if self.gram is None:
+            w_o = weight(self.parts.o_proj).to(device)  # [hidden, heads*head_dim]
+            w_units = self.unit_inputs(w_o)  # [units, hidden, unit_width]
+            self.gram = w_units.transpose(1, 2) @ w_units  # G_g = W_g^T W_g
+        return self.gram
+
+    def on_o_input(self, z):
+        super().on_o_input(z)
+        z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
+        if self.centred:
+            self.unit_moments.add(z_units)
+            return
+        gram = self.unit_grams(z.device)
+        delta_sq = ((z_units @ gram) * z_units).sum(-1)  # ||delta_tg||^2  [units, tokens]
+        self.add("delta_norm", delta_sq.clamp_min(0).sqrt().sum(1))
+
+    # ---- channels: mean_t |m_tj| --------------------------------------------------------------------
+    def on_down_input(self, m):
+        super().on_down_input(m)
+        aggregation = self.options["aggregation"]
+        if aggregation == "std":
+            self.channel_moments.add(m)
+        elif aggregation == "mean_abs":
+            self.add("abs_m", torch.linalg.vector_norm(m.float(), ord=1, dim=0))  # sum_t |m_tj|
+        else:
+            self.add("squared_m", torch.linalg.vector_norm(m.float(), dim=0) ** 2)  # sum_t m_tj^2
+
+    # ---- L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens ------------------------------------------
+    def on_mlp_input(self, h):
+        wanted = self.options["lipschitz_tokens"] - sum(len(r) for r in self.lipschitz_ratios)
+        if self.options["lipschitz"] == "zero" or wanted <= 0:
+            return
+        picked = torch.randperm(h.shape[0], generator=self.generator)[:wanted].to(h.device)
+        h = h[picked]  # [k, hidden]
+        e = torch.randn(h.shape, generator=self.generator).to(h.device)
+        e = e * (self.options["lipschitz_eps"] * h.float().norm(dim=-1, keepdim=True) / e.norm(dim=-1, keepdim=True))
+        probe = torch.cat([h, h + e.to(h.dtype)])  # [2k, hidden]: h and h + e
+        with self.silenced():
+            f = self.parts.mlp(self.parts.post_norm(probe)).float()
+        e = (probe[len(h):] - probe[:len(h)]).float()  # e as the model's dtype rounded it
+        ratio = (f[len(h):] - f[:len(h)]).norm(dim=-1) / e.norm(dim=-1)
+        self.lipschitz_ratios.append(ratio.cpu())
+
+    def lipschitz(self) -> float:
+        if self.options["lipschitz"] == "zero" or not self.lipschitz_ratios:
+            return 0.0
+        return torch.quantile(torch.cat(self.lipschitz_ratios), self.options["lipschitz_quantile"]).item()
+
+    def finish(self):
+        out = super().finish()
+        lipschitz = self.lipschitz()
+        column_norm = weight(self.parts.down_proj).norm(dim=0).cpu()  # ||W_down[:, j]||  [intermediate]
+        if self.centred:
+            gram = self.unit_grams("cpu").cpu()
+            unit_var = (gram * self.unit_moments.variance()).sum((1, 2))  # mean_t ||delta_tg - mean||^2
+            unit_change = unit_var.clamp_min(0).sqrt()
+            channel_activity = self.channel_moments.variance().sqrt()  # std_t(m_tj)
+        else:
+            unit_change = self.mean("delta_norm")  # mean_t ||delta_tg||
+            channel_activity = (self.mean("abs_m") if self.options["aggregation"] == "mean_abs"
+                                else self.mean("squared_m").sqrt())  # mean_t |m_tj| or rms_t m_tj
+        out["attention"] = (1 + lipschitz) * unit_change
+        out["mlp"] = column_norm * channel_activity
+        out["lipschitz"] = lipschitz
+        return out

@@ -1,0 +1,348 @@
+"""The scoring engine against real behaviour: ablations of real blocks, determinism, errors, offload."""
+from __future__ import annotations
+
+import copy
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bip_core.architecture import block_parts, decoder_layers, model_geometry
+from bip_core.cli import main as cli_main
+from bip_core.data import calibration_windows
+from bip_core.errors import DataError, ScoresError
+from bip_core.loading import load_model, random_model
+from bip_core.scores import Scores
+from bip_core.scoring import METHODS, score
+from bip_core.scoring.units import head_channels
+from bip_core.tiny_configs import tiny_config
+
+CALIBRATION = dict(source="wiki-bb", samples=3, seq_len=24, seed=0)
+
+
+# ---- helpers: run one real block, in float64, with units removed -----------------------------------
+def block_inputs(model, tokenizer, index: int, samples: int, seq_len: int, seed: int):
+    """The input and keyword arguments of block `index` when the model runs over the scoring windows."""
+    ids = calibration_windows(tokenizer, "wiki-bb", samples, seq_len, seed)
+    captured = {}
+
+    def grab(_module, args, kwargs):
+        captured["x"], captured["kwargs"] = args[0].detach(), dict(kwargs)
+
+    handle = decoder_layers(model)[index].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.model(input_ids=ids, use_cache=False)
+    finally:
+        handle.remove()
+    return captured["x"], captured["kwargs"]
+
+
+def _to64(value):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.double()
+    if isinstance(value, tuple):
+        return tuple(_to64(v) for v in value)
+    return value
+
+
+class Block64:
+    """A float64 copy of one decoder block, run on captured inputs; h = the residual after attention."""
+
+    def __init__(self, model, index, x, kwargs):
+        self.layer = copy.deepcopy(decoder_layers(model)[index]).double()
+        self.x, self.kwargs = x.double(), {k: _to64(v) for k, v in kwargs.items()}
+        self.parts = block_parts(SimpleNamespace(model=SimpleNamespace(layers=[self.layer])), 0)
+
+    def run(self):
+        """(y, h): block output and post-attention residual, [tokens, hidden] each."""
+        seen = {}
+        handle = self.parts.post_norm.register_forward_hook(lambda _m, args, _o: seen.update(h=args[0]))
+        with torch.no_grad():
+            y = self.layer(self.x, **self.kwargs)
+        handle.remove()
+        y = y[0] if isinstance(y, tuple) else y
+        return y.reshape(-1, y.shape[-1]), seen["h"].reshape(-1, y.shape[-1])
+
+    def without(self, columns_of: str, channels: list[int], bias: torch.Tensor | None = None):
+        """Outputs with the given input channels of o_proj / down_proj zeroed (optionally plus a bias)."""
+        linear = getattr(self.parts, columns_of)
+        saved_w, saved_b = linear.weight.data.clone(), linear.bias
+        linear.weight.data[:, channels] = 0
+        if bias is not None:
+            linear.bias = torch.nn.Parameter(bias if saved_b is None else saved_b + bias)
+        try:
+            return self.run()
+        finally:
+            linear.weight.data, linear.bias = saved_w, saved_b
+
+
+def mean_norm(d):
+    return d.norm(dim=-1).mean().item()
+
+
+def rms_norm(d):
+    return d.norm(dim=-1).pow(2).mean().sqrt().item()
+
+
+def channels_to_check(values, count=4):
+    order = sorted(range(len(values)), key=values.__getitem__)
+    picks = order[:2] + order[-2:] + order[len(order) // 2: len(order) // 2 + count]
+    return sorted(set(picks))
+
+
+def check_block(model, tokenizer, index, unit, bip_scores, direct_scores, report):
+    """Channel scores are the exact mean block-output change; unit scores bound it."""
+    x, kwargs = block_inputs(model, tokenizer, index, CALIBRATION["samples"], CALIBRATION["seq_len"],
+                             CALIBRATION["seed"])
+    block = Block64(model, index, x, kwargs)
+    y, h = block.run()
+    layer, direct = bip_scores.layers[index], direct_scores.layers[index]
+    for j in channels_to_check(layer["mlp"]):
+        y_cut, _ = block.without("down_proj", [j])
+        assert mean_norm(y - y_cut) == pytest.approx(layer["mlp"][j], rel=1e-4, abs=1e-9), f"layer {index} channel {j}"
+    geometry = model_geometry(model)[index]
+    for g in range(geometry.num_units(unit)):
+        q_heads, _ = geometry.unit_heads(unit, g)
+        y_cut, h_cut = block.without("o_proj", head_channels(q_heads, geometry.head_dim))
+        measured, bound = mean_norm(y - y_cut), layer["attention"][g]
+        # L = 0: the score is exactly mean_t ||delta_tg||, the change of the residual h
+        assert mean_norm(h - h_cut) == pytest.approx(direct["attention"][g], rel=1e-4, abs=1e-9)
+        assert measured <= bound * (1 + 1e-6), f"layer {index} unit {g}: change {measured} > bound {bound}"
+        report.append((index, g, measured, bound))
+
+
+# ---- ablation checks --------------------------------------------------------------------------------
+@pytest.mark.parametrize("unit", ["kv_group", "query_slot"])
+def test_bip_ablation_on_default_model(default_loaded, unit, capsys):
+    model, tokenizer = default_loaded.model, default_loaded.tokenizer
+    bip = score(model, tokenizer, "bip", unit=unit, **CALIBRATION)
+    direct = score(model, tokenizer, "bip", unit=unit, lipschitz="zero", **CALIBRATION)
+    report = []
+    for index in (0, 11, 29):  # 11 holds a massive-activation channel
+        check_block(model, tokenizer, index, unit, bip, direct, report)
+    with capsys.disabled():
+        print(f"\n[default model, {unit}] measured/bound per unit: "
+              + " ".join(f"L{i}u{g}:{m / b:.2f}" for i, g, m, b in report))
+
+
+def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
+    geometry = model_geometry(tiny_model)[0]
+    units = ["head"] if geometry.n_rep == 1 else ["kv_group", "query_slot"]
+    for unit in units:
+        bip = score(tiny_model, tokenizer, "bip", unit=unit, **CALIBRATION)
+        direct = score(tiny_model, tokenizer, "bip", unit=unit, lipschitz="zero", **CALIBRATION)
+        report = []
+        for index in range(len(decoder_layers(tiny_model))):
+            check_block(tiny_model, tokenizer, index, unit, bip, direct, report)
+        worst = max(m / b for _, _, m, b in report)
+        with capsys.disabled():
+            print(f"\n[{tiny_model.config.model_type} {unit}] largest measured/bound = {worst:.3f}")
+
+
+def test_centred_bip_is_the_change_left_after_bias_compensation(tiny_model, tokenizer):
+    """aggregation="std": channel score = RMS block-output change with the channel's mean added back as
+    a bias; unit score (L = 0) = RMS change of h with the unit's mean output added back."""
+    scores = score(tiny_model, tokenizer, "bip", aggregation="std", lipschitz="zero", **CALIBRATION)
+    x, kwargs = block_inputs(tiny_model, tokenizer, 1, CALIBRATION["samples"], CALIBRATION["seq_len"], 0)
+    block = Block64(tiny_model, 1, x, kwargs)
+    y, h = block.run()
+    layer, geometry = scores.layers[1], model_geometry(tiny_model)[1]
+    w_down, w_o = block.parts.down_proj.weight.data, block.parts.o_proj.weight.data
+    down_mean = torch.tensor(layer["down_input_mean"], dtype=torch.float64)
+    o_mean = torch.tensor(layer["o_input_mean"], dtype=torch.float64)
+    for j in channels_to_check(layer["mlp"]):
+        y_cut, _ = block.without("down_proj", [j], bias=w_down[:, j] * down_mean[j])
+        assert rms_norm(y - y_cut) == pytest.approx(layer["mlp"][j], rel=1e-3)
+    for g in range(geometry.num_units(scores.unit)):
+        cols = head_channels(geometry.unit_heads(scores.unit, g)[0], geometry.head_dim)
+        _, h_cut = block.without("o_proj", cols, bias=w_o[:, cols] @ o_mean[cols])
+        assert rms_norm(h - h_cut) == pytest.approx(layer["attention"][g], rel=1e-3)
+
+
+def test_lipschitz_and_output_scale_are_recorded(tiny_model, tokenizer):
+    scores = score(tiny_model, tokenizer, "bip", **CALIBRATION)
+    x, kwargs = block_inputs(tiny_model, tokenizer, 0, CALIBRATION["samples"], CALIBRATION["seq_len"], 0)
+    y, _ = Block64(tiny_model, 0, x, kwargs).run()
+    layer = scores.layers[0]
+    assert layer["lipschitz"] > 0
+    assert layer["output_scale"] == pytest.approx(mean_norm(y), rel=1e-4)
+    zero = score(tiny_model, tokenizer, "bip", lipschitz="zero", **CALIBRATION).layers[0]
+    assert zero["lipschitz"] == 0
+    ratio = torch.tensor(layer["attention"]) / torch.tensor(zero["attention"])
+    assert torch.allclose(ratio, torch.full_like(ratio, 1 + layer["lipschitz"]), rtol=1e-5)
+
+
+# ---- every method: schema, determinism ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gqa_model():
+    return random_model(tiny_config("llama", gqa=True), seed=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_same_schema_and_deterministic(gqa_model, tokenizer, method):
+    first = score(gqa_model, tokenizer, method, **CALIBRATION)
+    again = score(gqa_model, tokenizer, method, **CALIBRATION)
+    assert first.layers == again.layers
+    geometry = model_geometry(gqa_model)
+    assert len(first.layers) == len(geometry)
+    for layer, g in zip(first.layers, geometry):
+        assert len(layer["attention"]) == g.num_kv_heads and len(layer["mlp"]) == g.intermediate
+        assert all(v >= 0 for v in layer["attention"] + layer["mlp"])
+    meta = first.meta
+    for key in ("method", "model", "source", "samples", "seq_len", "seed", "unit", "seconds",
+                "peak_memory_bytes", "geometry", "options"):
+        assert key in meta
+    assert meta["method"] == method and meta["unit"] == "kv_group" and meta["peak_memory_bytes"] > 0
+    Scores.from_dict(json.loads(json.dumps(first.to_dict()))).check_matches(gqa_model)
+
+
+@pytest.mark.parametrize("method", ["bip", "random", "taylor"])
+def test_other_seed_other_scores(gqa_model, tokenizer, method):
+    a = score(gqa_model, tokenizer, method, **CALIBRATION)
+    b = score(gqa_model, tokenizer, method, **{**CALIBRATION, "seed": 1})
+    assert a.layers[0]["mlp"] != b.layers[0]["mlp"]
+
+
+def test_query_slot_units(gqa_model, tokenizer):
+    for method in METHODS:
+        scores = score(gqa_model, tokenizer, method, unit="query_slot", **CALIBRATION)
+        assert all(len(layer["attention"]) == g.n_rep for layer, g in zip(scores.layers, model_geometry(gqa_model)))
+
+
+def test_baselines_follow_their_formulas(gqa_model, tokenizer):
+    """Spot checks against the formulas, computed here from the weights and captured activations."""
+    index, geometry = 1, model_geometry(gqa_model)[1]
+    parts = block_parts(gqa_model, index)
+    w_o, w_down = parts.o_proj.weight.detach(), parts.down_proj.weight.detach()
+    seen = {}
+    handles = [parts.o_proj.register_forward_hook(lambda _m, a, _o: seen.update(z=a[0].reshape(-1, a[0].shape[-1]))),
+               parts.down_proj.register_forward_hook(lambda _m, a, _o: seen.update(m=a[0].reshape(-1, a[0].shape[-1])))]
+    ids = calibration_windows(tokenizer, "wiki-bb", CALIBRATION["samples"], CALIBRATION["seq_len"], 0)
+    with torch.no_grad():
+        gqa_model.model(input_ids=ids)
+    for handle in handles:
+        handle.remove()
+    z, m = seen["z"].double(), seen["m"].double()
+    unit_cols = head_channels(geometry.unit_heads("kv_group", 0)[0], geometry.head_dim)
+
+    wanda = score(gqa_model, tokenizer, "wanda-sp", **CALIBRATION).layers[index]
+    expected = w_down.abs().mean(0).double() * m.norm(dim=0)
+    assert torch.allclose(torch.tensor(wanda["mlp"], dtype=torch.float64), expected, rtol=1e-4)
+    expected_unit = (w_o.abs().mean(0).double() * z.norm(dim=0))[unit_cols].sum()
+    assert wanda["attention"][0] == pytest.approx(expected_unit.item(), rel=1e-4)
+
+    flap = score(gqa_model, tokenizer, "flap", **CALIBRATION).layers[index]
+    expected = m.var(0) * w_down.double().pow(2).sum(0)
+    assert torch.allclose(torch.tensor(flap["mlp"], dtype=torch.float64), expected, rtol=1e-3)
+    o_score = (z.var(0) * w_o.double().pow(2).sum(0)) ** 2
+    assert flap["attention"][0] == pytest.approx(o_score[unit_cols].mean().item(), rel=1e-3)
+    assert flap["standardisation"]["attention"][0] == pytest.approx(o_score.mean().item(), rel=1e-3)
+
+    mag = score(gqa_model, tokenizer, "magnitude", norm="l1").layers[index]
+    expected = (parts.gate_proj.weight.abs().sum(1) + parts.up_proj.weight.abs().sum(1) + w_down.abs().sum(0))
+    assert torch.allclose(torch.tensor(mag["mlp"]), expected.detach(), rtol=1e-5)
+    out = score(gqa_model, tokenizer, "magnitude", weights="output").layers[index]
+    assert torch.allclose(torch.tensor(out["mlp"]), w_down.norm(dim=0), rtol=1e-5)
+
+
+def test_taylor_matches_a_manual_backward(gqa_model, tokenizer):
+    ids = calibration_windows(tokenizer, "wiki-bb", CALIBRATION["samples"], CALIBRATION["seq_len"], 0)
+    model = copy.deepcopy(gqa_model)
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    parts = block_parts(model, 2)
+    s_gate, s_up = (p.weight * p.weight.grad for p in (parts.gate_proj, parts.up_proj))
+    s_down = parts.down_proj.weight * parts.down_proj.weight.grad
+    element1 = score(gqa_model, tokenizer, "taylor", batch_size=1, **CALIBRATION).layers[2]["mlp"]
+    vector = score(gqa_model, tokenizer, "taylor", variant="vector", **CALIBRATION).layers[2]["mlp"]
+    expected1 = s_gate.abs().sum(1) + s_up.abs().sum(1) + s_down.abs().sum(0)
+    expected_v = s_gate.sum(1).abs() + s_up.sum(1).abs() + s_down.sum(0).abs()
+    assert torch.allclose(torch.tensor(element1), expected1.detach(), rtol=1e-3, atol=1e-9)
+    assert torch.allclose(torch.tensor(vector), expected_v.detach(), rtol=1e-3, atol=1e-9)
+    assert all(p.grad is None and p.requires_grad for p in gqa_model.parameters())  # state restored
+
+
+# ---- clear errors -------------------------------------------------------------------------------------
+def test_unknown_method_option_and_unit(gqa_model, tokenizer):
+    with pytest.raises(ScoresError, match="Unknown scoring method 'obs'.*bip"):
+        score(gqa_model, tokenizer, "obs", **CALIBRATION)
+    with pytest.raises(ScoresError, match="no option 'lipschitz'"):
+        score(gqa_model, tokenizer, "flap", lipschitz="zero", **CALIBRATION)
+    with pytest.raises(ScoresError, match="aggregation.*must be one of"):
+        score(gqa_model, tokenizer, "bip", aggregation="median", **CALIBRATION)
+    with pytest.raises(ScoresError, match="lipschitz_quantile"):
+        score(gqa_model, tokenizer, "bip", lipschitz_quantile=1.5, **CALIBRATION)
+    with pytest.raises(ScoresError, match="'head' is for MHA"):
+        score(gqa_model, tokenizer, "bip", unit="head", **CALIBRATION)
+
+
+def test_too_few_calibration_tokens(gqa_model, tokenizer, tmp_path):
+    with pytest.raises(ScoresError, match="Too few calibration tokens"):
+        score(gqa_model, tokenizer, "bip", samples=1, seq_len=8)
+    with pytest.raises(ScoresError, match="longer than the model's context"):
+        score(gqa_model, tokenizer, "bip", samples=1, seq_len=4096)
+    short = tmp_path / "short.txt"
+    short.write_text("A very short text.")
+    with pytest.raises(DataError, match="fewer than one window"):
+        score(gqa_model, tokenizer, "bip", source=f"file:{short}", samples=4, seq_len=64)
+
+
+def test_scores_from_another_model(gqa_model, tokenizer):
+    scores = score(gqa_model, tokenizer, "magnitude")
+    other = random_model(tiny_config("llama", gqa=True, intermediate=80), seed=0)
+    with pytest.raises(ScoresError, match="another model.*intermediate 96.*intermediate 80"):
+        scores.check_matches(other)
+    fewer = random_model(tiny_config("llama", gqa=True, layers=2), seed=0)
+    with pytest.raises(ScoresError, match="3 layers.*2 layers"):
+        scores.check_matches(fewer)
+
+
+# ---- large models: accelerate device_map="auto", offloaded weights ---------------------------------
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    random_model(tiny_config("qwen2", gqa=True), seed=0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("placement", ["auto", "offload"])
+def test_scores_equal_on_accelerate_dispatched_models(saved_tiny, tokenizer, tmp_path, placement):
+    from transformers import AutoModelForCausalLM
+
+    plain = load_model(str(saved_tiny)).model
+    if placement == "auto":
+        dispatched = load_model(str(saved_tiny), device_map="auto").model
+    else:  # a few MB of "CPU": most weights go to disk and are loaded per module during the pass
+        dispatched = AutoModelForCausalLM.from_pretrained(
+            saved_tiny, device_map="auto", max_memory={"cpu": "2MB"}, offload_folder=str(tmp_path / "offload"),
+            dtype=torch.float32).eval()
+        assert block_parts(dispatched, 1).down_proj.weight.device.type == "meta"
+    for method, options in [("bip", {}), ("bip", {"aggregation": "std"}), ("flap", {}), ("wanda-sp", {}),
+                            ("magnitude", {})]:
+        a = score(plain, tokenizer, method, **CALIBRATION, **options)
+        b = score(dispatched, tokenizer, method, **CALIBRATION, **options)
+        for la, lb in zip(a.layers, b.layers):
+            for key in ("attention", "mlp"):
+                assert torch.allclose(torch.tensor(la[key]), torch.tensor(lb[key]), rtol=1e-5, atol=1e-10), method
+    if placement == "offload":
+        with pytest.raises(ScoresError, match="offloaded"):
+            score(dispatched, tokenizer, "taylor", **CALIBRATION)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------
+def test_cli_score(saved_tiny, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    code = cli_main(["score", "--model", str(saved_tiny), "--method", "bip", "--data", "wiki-bb", "--samples", "2",
+                     "--seq-len", "16", "--seed", "3", "--unit", "query_slot", "--lipschitz", "zero", "--out", str(out)])
+    assert code == 0
+    scores = Scores.load(out)
+    assert scores.meta["unit"] == "query_slot" and scores.meta["seed"] == 3
+    assert scores.meta["options"]["lipschitz"] == "zero" and scores.meta["model"] == str(saved_tiny)
+    assert "bip: batch 1/1" in capsys.readouterr().err  # the progress bar
+    assert cli_main(["score", "--model", str(saved_tiny), "--method", "nope", "--out", str(out)]) == 2
+    assert "Unknown scoring method 'nope'" in capsys.readouterr().err
+    assert cli_main(["score", "--model", str(saved_tiny), "--samples", "1", "--seq-len", "4", "--out", str(out)]) == 2
+    assert "Too few calibration tokens" in capsys.readouterr().err
