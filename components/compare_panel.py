@@ -1,0 +1,265 @@
+"""Step 4: the original and the pruned model side by side: chat, quick perplexity, zero-shot, speed."""
+import threading
+from types import SimpleNamespace
+
+import gradio as gr
+
+from bip_core.data import SOURCES
+from bip_core.generation import stream_generate
+from bip_core.offline_tasks import OFFLINE_TASKS
+from bip_core.perplexity import perplexity
+from bip_core.zeroshot import OFFLINE_DEFAULT, zeroshot
+
+from . import charts, texts
+from .context import attach, studio
+from .jobs import check_idle, heavy, require_model, ui_errors
+
+RESULT_HEADERS = ["model", "measurement", "value", "details"]
+ORIGINAL = "original"
+NO_PRUNED = "*No pruned model yet: prune one in step 3 to compare.*"
+
+# Measurements of a shared original model are the same for every session: computed once.
+_original_results: dict = {}
+_original_lock = threading.Lock()
+
+
+def _cached_original(key, compute):
+    with _original_lock:
+        if key in _original_results:
+            return _original_results[key]
+    value = compute()
+    with _original_lock:
+        _original_results[key] = value
+    return value
+
+
+def build():
+    st = studio()
+    with gr.Accordion("Chat with both models", open=True):
+        gr.Markdown(texts.CHAT, elem_classes=["bip-teach", "bip-small"])
+        with gr.Row(equal_height=True):
+            chat_original = gr.Chatbot(label="Original", height=340, elem_id="bip-chat-original",
+                                       placeholder="The original model answers here.", buttons=["copy"],
+                                       feedback_options=None)
+            chat_pruned = gr.Chatbot(label="Pruned", height=340, elem_id="bip-chat-pruned",
+                                     placeholder="The pruned model answers here.", buttons=["copy"],
+                                     feedback_options=None)
+        with gr.Row(equal_height=True):
+            prompt = gr.Textbox(placeholder="Ask both models something, e.g. 'What is the capital of France?'",
+                                show_label=False, scale=6, lines=1, max_lines=4, elem_id="bip-prompt")
+            send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="bip-send")
+            clear = gr.Button("Clear", scale=1, min_width=80)
+        with gr.Accordion("Generation settings", open=False):
+            with gr.Row():
+                max_new = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
+                temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature",
+                                        info="0 = greedy (deterministic)")
+                gen_seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+    with gr.Row(equal_height=False):
+        with gr.Group(elem_classes=["bip-box"]):
+            gr.Markdown("### Perplexity", elem_classes=["bip-box-title"])
+            ppl_source = gr.Dropdown(list(SOURCES), value="wiki-bb", label="Text")
+            ppl_windows = gr.Slider(4, st.settings.max_windows, value=min(32, st.settings.max_windows), step=4,
+                                    label="Windows of 128 tokens", info="more = slower, less noisy")
+            ppl_run = gr.Button("Quick perplexity", variant="primary", elem_id="bip-ppl-btn")
+        with gr.Group(elem_classes=["bip-box"]):
+            gr.Markdown("### Zero-shot (offline tasks)", elem_classes=["bip-box-title"])
+            zs_tasks = gr.CheckboxGroup([(OFFLINE_TASKS[n].description.split(":")[0], n) for n in OFFLINE_TASKS],
+                                        value=[n for n in OFFLINE_DEFAULT[:2] if n in OFFLINE_TASKS], label="Tasks")
+            zs_limit = gr.Slider(10, 500, value=50, step=10, label="Questions per task")
+            zs_run = gr.Button("Run zero-shot", variant="primary", elem_id="bip-zs-btn")
+        with gr.Group(elem_classes=["bip-box"]):
+            gr.Markdown("### Speed", elem_classes=["bip-box-title"])
+            gr.Markdown("Prefill and decode throughput, measured on this machine for both models.",
+                        elem_classes=["bip-small"])
+            speed_run = gr.Button("Measure speed", variant="primary", elem_id="bip-speed-btn")
+    status = gr.Markdown("", elem_classes=["bip-status"])
+    table = gr.Dataframe(headers=RESULT_HEADERS, value=[], interactive=False, wrap=True, label="Results",
+                         elem_id="bip-results")
+    with gr.Row():
+        ppl_plot = gr.Plot(charts.perplexity_chart([]), show_label=False)
+        zs_plot = gr.Plot(charts.zeroshot_chart([]), show_label=False)
+    speed_plot = gr.Plot(charts.speed_chart([]), show_label=False)
+    with gr.Accordion("How these are measured", open=False):
+        gr.Markdown(texts.COMPARE, elem_classes=["bip-teach"])
+    return SimpleNamespace(chat_original=chat_original, chat_pruned=chat_pruned, prompt=prompt, send=send,
+                           clear=clear, max_new=max_new, temperature=temperature, gen_seed=gen_seed,
+                           ppl_source=ppl_source, ppl_windows=ppl_windows, ppl_run=ppl_run, zs_tasks=zs_tasks,
+                           zs_limit=zs_limit, zs_run=zs_run, speed_run=speed_run, status=status, table=table,
+                           ppl_plot=ppl_plot, zs_plot=zs_plot, speed_plot=speed_plot)
+
+
+# ------------------------------------------------------------------------------------- results
+
+def _fmt_value(row) -> str:
+    v = row["value"]
+    if v is None:
+        return "n/a"
+    if row["kind"] == "zero-shot":
+        return f"{v:.1%}"
+    return f"{v:.4g}"
+
+
+def table_rows(session) -> list[list]:
+    return [[r["model"], r["metric"], _fmt_value(r), r.get("detail", "")] for r in session.results]
+
+
+def results_view(session):
+    """table, perplexity chart, zero-shot chart, speed chart."""
+    rows = session.results if session is not None else []
+    return (table_rows(session) if session is not None else [], charts.perplexity_chart(rows),
+            charts.zeroshot_chart(rows), charts.speed_chart(rows))
+
+
+def _add(session, rows: list[dict]) -> None:
+    """Add rows; a re-run of the same measurement on the same model replaces the older row."""
+    keys = {(r["model"], r["metric"]) for r in rows}
+    session.results = [r for r in session.results if (r["model"], r["metric"]) not in keys] + rows
+
+
+def _models(session):
+    loaded = require_model(session)
+    models = [(ORIGINAL, loaded.model)]
+    if session.pruned is not None:
+        models.append((session.pruned_label or "pruned", session.pruned))
+    return loaded, models
+
+
+def _reporter(progress, what):
+    def report(done, total, desc=None):
+        progress(done / max(total, 1), desc=f"{what}: {done} of {total}")
+    return report
+
+
+# ------------------------------------------------------------------------------------- handlers
+
+@ui_errors
+def run_perplexity(session, source, windows, request: gr.Request, progress=gr.Progress()):
+    """Outputs: status, table, perplexity chart, zero-shot chart, speed chart."""
+    attach(session, request)
+    loaded, models = _models(session)
+    windows = int(windows)
+    rows = []
+    with heavy(session, "Perplexity", progress, originals=[loaded.model]):
+        for name, model in models:
+            desc = f"Perplexity of the {name.split(':')[0]} model"
+            compute = lambda m=model, d=desc: perplexity(m, loaded.tokenizer, source=source, windows=windows,  # noqa: E731
+                                                         progress=_reporter(progress, d))
+            r = _cached_original(("ppl", loaded.spec, source, windows), compute) if name == ORIGINAL else compute()
+            rows.append({"model": name, "kind": "perplexity", "value": r["ppl"],
+                         "metric": f"perplexity {r['dataset']} {r['split']} ({r['windows']} x {r['seq_len']})",
+                         "detail": f"{r['dataset']} {r['split']}, {r['windows']} windows x {r['seq_len']} tokens, "
+                                   f"{r['tokens']} scored tokens, {r['seconds']:.1f} s"})
+    _add(session, rows)
+    msg = " · ".join(f"**{r['model']}**: PPL {r['value']:.2f}" for r in rows)
+    if len(models) == 1:
+        msg += " — " + NO_PRUNED
+    return (msg, *results_view(session))
+
+
+@ui_errors
+def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progress()):
+    attach(session, request)
+    if not tasks:
+        raise gr.Error("Pick at least one zero-shot task.", print_exception=False)
+    loaded, models = _models(session)
+    limit = int(limit)
+    rows = []
+    with heavy(session, "Zero-shot evaluation", progress, originals=[loaded.model]):
+        for k, (name, model) in enumerate(models):
+            progress(k / len(models), desc=f"Zero-shot: {name.split(':')[0]} model on {len(tasks)} task(s) ...")
+            compute = lambda m=model: zeroshot(m, loaded.tokenizer, tasks=list(tasks), limit=limit)  # noqa: E731
+            r = _cached_original(("zs", loaded.spec, tuple(sorted(tasks)), limit), compute) if name == ORIGINAL \
+                else compute()
+            for task, e in r["tasks"].items():
+                rows.append({"model": name, "kind": "zero-shot", "metric": task.removeprefix("bb_"),
+                             "value": e["value"], "chance": e.get("chance"),
+                             "detail": f"{e['metric']}, {e.get('n')} questions"
+                                       + (f", ± {e['stderr']:.1%}" if e.get("stderr") else "")
+                                       + (f", chance {e['chance']:.1%}" if e.get("chance") is not None else "")})
+    _add(session, rows)
+    return (f"Zero-shot done on {len(tasks)} task(s), {limit} questions each.", *results_view(session))
+
+
+@ui_errors
+def run_speed(session, request: gr.Request, progress=gr.Progress()):
+    attach(session, request)
+    try:
+        from bip_core.speed import measure_speed
+    except ImportError as err:
+        raise gr.Error("Speed measurement is not available in this version of bip_core.",
+                       print_exception=False) from err
+    loaded, models = _models(session)
+    rows = []
+    with heavy(session, "Speed measurement", progress, originals=[loaded.model]):
+        for k, (name, model) in enumerate(models):
+            progress(k / len(models), desc=f"Measuring the {name.split(':')[0]} model ...")
+            r = measure_speed(model, loaded.tokenizer)
+            rows += speed_rows(name, r)
+    _add(session, rows)
+    return ("Speed measured.", *results_view(session))
+
+
+def speed_rows(name: str, r: dict) -> list[dict]:
+    """Rows from measure_speed's dict: every throughput it reports, plus parameters."""
+    rows = []
+    for key, value in r.items():
+        if isinstance(value, (int, float)) and ("per_second" in key or key.endswith("tok_s")):
+            rows.append({"model": name, "kind": "speed", "metric": key.replace("_", " "), "value": float(value),
+                         "detail": ""})
+    return rows
+
+
+def _text(content) -> str:
+    """Plain text of a chat message's content (Gradio hands it back as a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text") or ""
+    if isinstance(content, (list, tuple)):
+        return "".join(_text(part) for part in content)
+    return ""
+
+
+def _plain(history) -> list[dict]:
+    return [{"role": m["role"], "content": _text(m.get("content"))} for m in history or []]
+
+
+@ui_errors
+def chat(session, prompt, max_new, temperature, seed, history_original, history_pruned, request: gr.Request):
+    """One prompt through both models, streamed in turns. Yields (original chat, pruned chat, prompt box)."""
+    attach(session, request)
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise gr.Error("Type a prompt first, then press Send.", print_exception=False)
+    loaded = require_model(session)
+    check_idle(session)
+    histories = {"original": _plain(history_original), "pruned": _plain(history_pruned)}
+    models = {"original": loaded.model}
+    if session.pruned is not None:
+        models["pruned"] = session.pruned
+    for name, history in histories.items():
+        history.append({"role": "user", "content": prompt})
+        history.append({"role": "assistant", "content": "…" if name in models else NO_PRUNED})
+    yield histories["original"], histories["pruned"], ""
+    settings = dict(max_new_tokens=int(max_new), temperature=float(temperature), seed=int(seed or 0))
+    with heavy(session, "Generation", None, originals=[loaded.model]):
+        streams = {}
+        for name, model in models.items():
+            context = [m for m in histories[name][:-1] if m.get("content") and m["content"] != NO_PRUNED]
+            streams[name] = stream_generate(model, loaded.tokenizer, context, **settings)
+        while streams:
+            for name in list(streams):
+                try:
+                    histories[name][-1] = {"role": "assistant", "content": next(streams[name])}
+                except StopIteration:
+                    del streams[name]
+            yield histories["original"], histories["pruned"], ""
+    for name in models:
+        if histories[name][-1]["content"] == "…":
+            histories[name][-1] = {"role": "assistant", "content": "*(no text: the model stopped at once)*"}
+    yield histories["original"], histories["pruned"], ""
+
+
+def clear_chat():
+    return [], []

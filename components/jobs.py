@@ -1,0 +1,136 @@
+"""Running heavy work for a session: one job per session, a global concurrency limit, and errors
+turned into readable messages (never a stack trace in the page).
+
+- A second click while the session's job runs is answered at once with "... is still running".
+- Jobs of different sessions wait for a free slot (BIP_CONCURRENCY); the progress bar says so.
+- A job that uses a shared original model holds that model's lock: scoring puts hooks on it, and
+  hooks would also fire on another session's forward pass.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import weakref
+from contextlib import contextmanager
+
+import gradio as gr
+
+from bip_core.errors import BipError
+
+log = logging.getLogger("bip_studio")
+
+_slots: threading.BoundedSemaphore | None = None
+_model_locks: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def configure(concurrency: int) -> None:
+    global _slots
+    _slots = threading.BoundedSemaphore(max(1, int(concurrency)))
+
+
+def model_lock(model) -> threading.RLock:
+    with _model_locks_guard:
+        lock = _model_locks.get(model)
+        if lock is None:
+            lock = _model_locks[model] = threading.RLock()
+        return lock
+
+
+def busy_message(what: str) -> str:
+    return (f"{what} is still running in this session. Wait for it to finish (the progress bar shows "
+            "how far it is), then try again.")
+
+
+def check_idle(session) -> None:
+    """Fast pre-check wired before a heavy event (queue=False): refuse a second click at once."""
+    if session is not None and session.busy:
+        raise gr.Error(busy_message(session.busy), title="Busy", print_exception=False)
+
+
+@contextmanager
+def heavy(session, what: str, progress=None, originals=()):
+    """Run a job for `session`: refuse if it already runs one, then wait for a free slot."""
+    if session is None:
+        raise gr.Error("This session has no state yet: reload the page.", print_exception=False)
+    if not session.begin(what):
+        raise gr.Error(busy_message(session.busy or "Another job"), title="Busy", print_exception=False)
+    try:
+        slots = _slots or threading.BoundedSemaphore(1)
+        if not slots.acquire(blocking=False):
+            if progress is not None:
+                progress(0, desc=f"{what}: waiting for another user's job to finish ...")
+            slots.acquire()
+        try:
+            locks = [model_lock(m) for m in originals if m is not None]
+            for lock in locks:
+                lock.acquire()
+            try:
+                yield
+            finally:
+                for lock in reversed(locks):
+                    lock.release()
+        finally:
+            slots.release()
+    finally:
+        session.end()
+
+
+def friendly(err: BaseException) -> gr.Error:
+    """The message a user sees for an exception."""
+    if isinstance(err, gr.Error):
+        return err
+    if isinstance(err, BipError):
+        return gr.Error(str(err), print_exception=False)
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return gr.Error("Out of memory. Try fewer calibration samples, a shorter sequence length, or a "
+                        "smaller model. The app is still running.", title="Out of memory")
+    if isinstance(err, ValueError):
+        return gr.Error(f"Invalid input: {err}", print_exception=False)
+    log.exception("unexpected error in a UI handler", exc_info=err)
+    return gr.Error(f"Something went wrong ({type(err).__name__}: {err}). The app is still running; "
+                    "the details are in the server log.", title="Unexpected error")
+
+
+def ui_errors(fn):
+    """Decorator for handlers: any exception becomes a gr.Error with a readable message."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 -- every error is shown, none is a dead page
+                raise friendly(err) from err
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            raise friendly(err) from err
+    return wrapper
+
+
+def require_model(session):
+    if session is None or session.loaded is None:
+        expired = session is not None and session.expired
+        raise gr.Error("This session was idle and its models were freed. Load the model again (step 1)."
+                       if expired else "Load a model first (step 1, 'Model').", print_exception=False)
+    return session.loaded
+
+
+def require_scores(session):
+    require_model(session)
+    if session.active_scores is None:
+        raise gr.Error("Score the model first (step 2, 'Score & tune').", print_exception=False)
+    return session.active_scores
+
+
+def require_pruned(session):
+    require_model(session)
+    if session.pruned is None:
+        raise gr.Error("Prune the model first (step 3, 'Prune').", print_exception=False)
+    return session.pruned

@@ -1,0 +1,156 @@
+"""Step 2a: score the loaded model with LLM-BIP or a baseline; keep every method's scores."""
+from types import SimpleNamespace
+
+import gradio as gr
+
+from bip_core import scoring
+from bip_core.data import SOURCES
+
+from . import heatmaps, status_bar, texts
+from .context import attach, studio
+from .jobs import heavy, require_model, ui_errors
+
+METHOD_LABELS = {"bip": "LLM-BIP", "flap": "FLAP", "wanda-sp": "Wanda-sp", "taylor": "Taylor (LLM-Pruner)",
+                 "magnitude": "Magnitude", "random": "Random"}
+OPTION_LABELS = {"aggregation": "Channel aggregation", "lipschitz": "Lipschitz factor", "norm": "Norm",
+                 "weights": "Weights", "variant": "Variant"}
+CHOICE_LABELS = {("lipschitz", "measured"): "measured: (1 + L) x mean||delta||",
+                 ("lipschitz", "zero"): "direct: L = 0 (ablation)",
+                 ("aggregation", "mean_abs"): "mean |m| (exact output change)",
+                 ("aggregation", "rms"): "RMS of m",
+                 ("aggregation", "std"): "std of m (after bias compensation)"}
+SOURCE_LABELS = {"wiki-bb": "wiki-bb (Wikipedia, offline)", "wikitext2": "WikiText-2 (needs internet)",
+                 "ptb": "PTB (needs internet)", "c4": "C4 (needs internet)"}
+UNIT_CHOICES = [("auto (KV group for GQA, head for MHA)", "auto"), ("KV group", "kv_group"),
+                ("query slot", "query_slot"), ("head (MHA only)", "head")]
+SEQ_LENS = [32, 64, 128, 256, 512]
+DEFAULT_METHOD = "bip" if "bip" in scoring.METHODS else scoring.METHODS[0]
+
+
+def method_choices() -> list[tuple[str, str]]:
+    return [(METHOD_LABELS.get(m, m), m) for m in scoring.METHODS]
+
+
+def option_specs() -> list[tuple[str, str, tuple, object]]:
+    """(method, option, choices, default) for every option with a fixed set of values."""
+    specs = []
+    for method, metric in scoring.METRICS.items():
+        for key, choices in getattr(metric, "CHOICES", {}).items():
+            specs.append((method, key, tuple(choices), metric.DEFAULTS.get(key, choices[0])))
+    return specs
+
+
+def scores_label(meta: dict) -> str:
+    """A short name for one scores run: method, non-default options, calibration."""
+    method = meta.get("method", "?")
+    parts = [METHOD_LABELS.get(method, method)]
+    defaults = scoring.method_options(method) if method in scoring.METRICS else {}
+    for key, value in (meta.get("options") or {}).items():
+        if defaults.get(key) != value:
+            parts.append("L = 0" if (key, value) == ("lipschitz", "zero") else f"{key}={value}")
+    if meta.get("unit") and meta.get("unit") != "kv_group":
+        parts.append(meta["unit"])
+    if meta.get("samples"):
+        parts.append(f"{meta.get('source')} {meta['samples']}x{meta['seq_len']}, seed {meta.get('seed')}")
+    return " · ".join(parts)
+
+
+def scores_info(scores) -> dict:
+    """What the API and the 'details' box show about one scores run (shapes, cost, calibration)."""
+    meta = scores.meta
+    return {
+        "label": scores_label(meta),
+        "method": meta.get("method"), "unit": meta.get("unit"), "options": meta.get("options"),
+        "layers": len(scores.layers),
+        "attention_units_per_layer": [len(layer["attention"]) for layer in scores.layers],
+        "mlp_channels_per_layer": [len(layer["mlp"]) for layer in scores.layers],
+        "source": meta.get("source"), "samples": meta.get("samples"), "seq_len": meta.get("seq_len"),
+        "seed": meta.get("seed"), "seconds": meta.get("seconds"),
+        "peak_memory_mb": round(meta["peak_memory_bytes"] / 2**20, 1) if meta.get("peak_memory_bytes") else None,
+    }
+
+
+def build():
+    st = studio()
+    with gr.Group(elem_classes=["bip-box"]):
+        gr.Markdown("### Score", elem_classes=["bip-box-title"])
+        method = gr.Dropdown(method_choices(), value=DEFAULT_METHOD, label="Method",
+                             info="LLM-BIP first; the baselines use the same plans and surgery.")
+        source = gr.Dropdown([(SOURCE_LABELS.get(s, s), s) for s in SOURCES], value="wiki-bb",
+                             label="Calibration text")
+        with gr.Row():
+            samples = gr.Slider(8, st.settings.max_samples, value=min(64, st.settings.max_samples), step=8,
+                                label="Samples", info="windows of calibration text")
+            seq_len = gr.Dropdown(SEQ_LENS, value=128, label="Tokens per sample", min_width=120)
+        with gr.Accordion("Options", open=False):
+            options = []
+            for m, key, choices, default in option_specs():
+                options.append(gr.Radio([(CHOICE_LABELS.get((key, c), c), c) for c in choices], value=default,
+                                        label=f"{OPTION_LABELS.get(key, key)} ({METHOD_LABELS.get(m, m)})",
+                                        visible=(m == DEFAULT_METHOD)))
+            unit = gr.Dropdown(UNIT_CHOICES, value="auto", label="Attention unit")
+            seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+        run = gr.Button("Score", variant="primary", elem_id="bip-score-btn")
+        status = gr.Markdown("", elem_classes=["bip-status"])
+    with gr.Accordion("What do the scores mean?", open=False):
+        gr.Markdown(texts.SCORE + "\n\n" + texts.LIPSCHITZ + "\n\n" + texts.METHODS + "\n\n" + texts.CALIBRATION,
+                    elem_classes=["bip-teach"])
+    return SimpleNamespace(method=method, source=source, samples=samples, seq_len=seq_len, options=options,
+                           unit=unit, seed=seed, run=run, status=status)
+
+
+def option_visibility(method):
+    """Show only the selected method's options."""
+    return [gr.update(visible=(m == method)) for m, *_ in option_specs()]
+
+
+def _options_for(method: str, values) -> dict:
+    return {key: value for (m, key, _, _), value in zip(option_specs(), values) if m == method}
+
+
+@ui_errors
+def run_score(request: gr.Request, progress=gr.Progress(), *values):
+    """Score the session's model; the result joins the session's scores and becomes the active one.
+
+    values: session, method, source, samples, seq_len, unit, seed, then one value per option_specs()."""
+    session, method, source, samples, seq_len, unit, seed, *option_values = values
+    attach(session, request)
+    loaded = require_model(session)
+    options = _options_for(method, option_values)
+    unit = None if unit in (None, "", "auto") else unit
+    label_desc = METHOD_LABELS.get(method, method)
+
+    def report(done, total, desc=None):
+        progress(done / max(total, 1), desc=f"Scoring with {label_desc}: step {done} of {total}")
+
+    with heavy(session, "Scoring", progress, originals=[loaded.model]):
+        progress(0, desc=f"Scoring with {label_desc}: preparing calibration text ...")
+        scores = scoring.score(loaded.model, loaded.tokenizer, method=method, source=source, samples=int(samples),
+                               seq_len=int(seq_len), seed=int(seed or 0), unit=unit, progress=report,
+                               model_name=loaded.spec, **options)
+    label = scores_label(scores.meta)
+    session.scores[label] = scores
+    session.active = label
+    meta = scores.meta
+    took = f"{meta.get('seconds', 0):.1f} s"
+    if meta.get("peak_memory_bytes"):
+        took += f", peak memory {meta['peak_memory_bytes'] / 2**20:.0f} MiB"
+    msg = f"**{label}** scored in {took}. Kept for comparison: {len(session.scores)} run(s)."
+    return msg, status_bar.render(session)
+
+
+def save_scores(session):
+    """The active scores as a JSON file in the session's folder (for the download button)."""
+    scores = session.active_scores
+    if scores is None:
+        return None
+    path = session.tmp_dir() / f"scores-{scores.meta.get('method', 'x')}.json"
+    scores.save(path)
+    return str(path)
+
+
+def lipschitz_figure(session):
+    scores = session.active_scores
+    if scores is None:
+        return heatmaps.empty_figure("No scores yet.", height=240)
+    return heatmaps.lipschitz_chart(scores)

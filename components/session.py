@@ -1,0 +1,147 @@
+"""Per-session state: what one browser tab (or one API client) has loaded, scored, planned, pruned.
+
+A `StudioSession` lives in a `gr.State` (one per session, created on first use). The original
+model it points to is shared read-only with other sessions (components.model_store); the scores,
+plan, pruned model, measurements and export files are this session's alone. `free()` drops them;
+the registry calls it when the tab closes (demo.unload), when Gradio deletes the state, or when the
+session has been idle longer than BIP_SESSION_TTL.
+"""
+from __future__ import annotations
+
+import gc
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+class StudioSession:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.busy: str | None = None
+        self.session_hash: str | None = None
+        self.last_used = time.time()
+        self.expired = False
+        self._tmp: Path | None = None
+        self.prune_count = 0
+        self.reset_model(None)
+
+    def __deepcopy__(self, memo):  # gr.State deep-copies its default value: a fresh session is its own copy
+        return self
+
+    # ---- what the session holds -------------------------------------------------------------
+    def reset_model(self, loaded) -> None:
+        """A new original model: everything derived from the previous one is dropped."""
+        self.loaded = loaded
+        self.model_info: dict | None = loaded.info() if loaded is not None else None
+        self.scores: dict[str, object] = {}  # label -> Scores, kept when the method changes
+        self.active: str | None = None  # label of the scores that plans are made from
+        self.plan = None
+        self.plan_summary: dict | None = None
+        self.plan_settings: dict = {}
+        self.drop_pruned()
+        self.results: list[dict] = []  # measurements shown in the Compare tab
+        self.original_cache: dict = {}  # measurements of the original, reused across prunes
+
+    def drop_pruned(self) -> None:
+        self.pruned = None
+        self.pruned_plan = None
+        self.pruned_summary: dict | None = None
+        self.pruned_label: str | None = None
+        self.chat_history: dict = {"original": [], "pruned": []}
+
+    @property
+    def active_scores(self):
+        return self.scores.get(self.active) if self.active else None
+
+    def tmp_dir(self) -> Path:
+        """A private folder for this session's files (exports); removed by free()."""
+        if self._tmp is None or not self._tmp.exists():
+            self._tmp = Path(tempfile.mkdtemp(prefix="bip-session-"))
+        return self._tmp
+
+    def free(self) -> None:
+        """Drop models, scores and files (the shared original stays in the model store)."""
+        self.expired = True
+        self.reset_model(None)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        gc.collect()
+
+    # ---- one job at a time ------------------------------------------------------------------
+    def begin(self, what: str) -> bool:
+        with self.lock:
+            if self.busy is not None:
+                return False
+            self.busy = what
+            self.last_used = time.time()
+            return True
+
+    def end(self) -> None:
+        with self.lock:
+            self.busy = None
+            self.last_used = time.time()
+
+    def touch(self) -> None:
+        self.last_used = time.time()
+
+
+class SessionRegistry:
+    """session_hash -> StudioSession, so that a closed tab or an idle session frees its memory."""
+
+    def __init__(self, ttl_seconds: int):
+        self.ttl = ttl_seconds
+        self._sessions: dict[str, StudioSession] = {}
+        self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+
+    def attach(self, session: StudioSession, session_hash: str | None) -> None:
+        session.touch()
+        if session.expired and session.loaded is None:
+            session.expired = False
+        if not session_hash:
+            return
+        with self._lock:
+            session.session_hash = session_hash
+            self._sessions[session_hash] = session
+
+    def release(self, session_hash: str | None) -> None:
+        with self._lock:
+            session = self._sessions.pop(session_hash, None) if session_hash else None
+        if session is not None and session.busy is None:
+            session.free()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Free sessions idle for longer than the TTL; returns how many were freed."""
+        now = time.time() if now is None else now
+        with self._lock:
+            idle = [(h, s) for h, s in self._sessions.items() if s.busy is None and now - s.last_used > self.ttl]
+            for h, _ in idle:
+                self._sessions.pop(h, None)
+        for _, session in idle:
+            session.free()
+        return len(idle)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def start_sweeper(self, every: float = 60.0) -> None:
+        if self._sweeper is not None:
+            return
+
+        def loop():
+            while True:
+                time.sleep(every)
+                self.sweep()
+
+        self._sweeper = threading.Thread(target=loop, name="bip-session-sweeper", daemon=True)
+        self._sweeper.start()
+
+
+def delete_callback(session) -> None:
+    """For gr.State(delete_callback=...): Gradio dropped the state, so drop what it held."""
+    if isinstance(session, StudioSession) and session.busy is None:
+        session.free()

