@@ -1,0 +1,29 @@
+"""Scores with made-up numbers for plan/surgery/export tests (no scoring pass needed)."""
+from __future__ import annotations
+
+import numpy as np
+
+from bip_core.architecture import default_unit, model_geometry
+from bip_core.scores import Scores, geometry_record
+
+
+def fake_scores(model, unit: str | None = None, seed: int = 0, means: bool = True, model_name: str = "test",
+                **layer_overrides) -> Scores:
+    """Random positive scores in the Scores schema for `model`'s geometry; `means` adds the mean inputs of
+    o_proj/down_proj used by bias compensation; `layer_overrides` (key -> per-layer list) replace fields."""
+    geometry = model_geometry(model)
+    unit = unit or default_unit(geometry[0])
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i, g in enumerate(geometry):
+        layer = {"attention": rng.random(g.num_units(unit)).tolist(), "mlp": rng.random(g.intermediate).tolist(),
+                 "output_scale": float(1 + rng.random())}
+        if means:
+            layer["o_input_mean"] = rng.normal(size=g.num_heads * g.head_dim).tolist()
+            layer["down_input_mean"] = rng.normal(size=g.intermediate).tolist()
+        for key, values in layer_overrides.items():
+            layer[key] = values[i]
+        layers.append(layer)
+    meta = {"format": 1, "method": "random", "model": model_name, "source": "none", "samples": 0, "seq_len": 0,
+            "seed": seed, "unit": unit, "geometry": geometry_record(geometry), "options": {}}
+    return Scores.from_dict({"layers": layers, "meta": meta})

@@ -1,0 +1,268 @@
+"""Plans: ratios, allocations, constraints, GQA layouts, errors, persistence and the `plan` CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bip_core.architecture import count_params, model_geometry
+from bip_core.cli import main as cli_main
+from bip_core.errors import BipError, PlanError
+from bip_core.loading import random_model
+from bip_core.plan import ALLOCATIONS, Plan, make_plan
+from bip_core.tiny_configs import tiny_config
+from fake_scores import fake_scores
+
+RATIOS = (0.0, 0.1, 0.25, 0.5, 0.7)
+
+
+def units_for(model):
+    n_rep = model_geometry(model)[0].n_rep
+    return ("head",) if n_rep == 1 else ("kv_group", "query_slot")
+
+
+def tolerance(plan: Plan) -> float:
+    """One unit's rounding: half of the largest unit or channel, per layer that rounds on its own."""
+    costs = plan.costs()
+    if plan.meta["allocation"] == "uniform":  # each layer's MLP absorbs its own rounding to half a channel
+        return float(costs.channel_cost.sum()) / 2 / costs.layer_params.sum() + 1e-12
+    return float(max(costs.unit_cost.max(), costs.channel_cost.max())) / 2 / costs.layer_params.sum() + 1e-12
+
+
+# ---- ratios -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("allocation", ("uniform", "global", "global-std"))
+def test_plans_hit_the_ratio_within_one_units_rounding(default_loaded, allocation):
+    model = default_loaded.model
+    for unit in units_for(model):
+        scores = fake_scores(model, unit=unit)
+        for ratio in RATIOS:
+            plan = make_plan(scores, model, ratio, allocation)
+            summary = plan.summary(model)
+            assert abs(summary["removed_attention_mlp"] - ratio) <= tolerance(plan), (unit, ratio, summary)
+            params = count_params(model)
+            assert summary["params_before"] == params["total"]
+            assert summary["attention_mlp_before"] == params["attention_mlp"]
+            removed = summary["params_before"] - summary["params_after"]
+            assert summary["removed_total"] == pytest.approx(removed / params["total"])
+            assert summary["removed_attention_mlp"] == pytest.approx(removed / params["attention_mlp"])
+
+
+def test_uniform_removes_the_same_share_in_every_layer(tiny_model):
+    for unit in units_for(tiny_model):
+        plan = make_plan(fake_scores(tiny_model, unit=unit), tiny_model, 0.4, "uniform")
+        costs = plan.costs()
+        kept_units, _ = plan.kept_counts()
+        expected_units = costs.units - np.floor(0.4 * costs.units + 0.5)
+        assert (kept_units == np.maximum(expected_units, 1)).all()
+        for layer in plan.summary()["layers"]:
+            half_channel = costs.channel_cost[layer["layer"]] / 2 / costs.layer_params[layer["layer"]]
+            assert abs(layer["removed"] - 0.4) <= half_channel + 1e-12
+
+
+def test_skipped_layers_stay_whole_and_the_others_take_more(default_loaded):
+    model = default_loaded.model
+    scores = fake_scores(model)
+    for allocation in ("uniform", "global", "global-std"):
+        plan = make_plan(scores, model, 0.3, allocation, skip_first=2, skip_last=3)
+        summary = plan.summary()
+        for layer in summary["layers"][:2] + summary["layers"][-3:]:
+            assert layer["attention_kept"] == layer["attention_total"] and layer["mlp_kept"] == layer["mlp_total"]
+        assert abs(summary["removed_attention_mlp"] - 0.3) <= tolerance(plan)
+    with pytest.raises(PlanError, match="impossible"):
+        make_plan(scores, model, 0.9, "uniform", skip_first=14, skip_last=14)
+    with pytest.raises(PlanError, match="leaves none"):
+        make_plan(scores, model, 0.2, "uniform", skip_first=15, skip_last=15)
+
+
+def test_global_divides_by_output_scale_and_parameters():
+    model = random_model(tiny_config("llama", gqa=True, layers=4), seed=0)
+    scale = [1.0, 1.0, 1000.0, 1.0]  # layer 2's output is huge: its relative changes are tiny
+    scores = fake_scores(model, output_scale=scale)
+    kept_units, kept_channels = make_plan(scores, model, 0.3, "global").kept_counts()
+    assert kept_channels[2] == kept_channels.min() and kept_units[2] == 1
+    # without output_scale every layer has the same score distribution: no layer is singled out
+    kept_units, kept_channels = make_plan(fake_scores(model, output_scale=[1.0] * 4), model, 0.3, "global").kept_counts()
+    assert kept_channels.max() - kept_channels.min() < kept_channels.max() * 0.5
+
+
+def test_global_std_uses_recorded_flap_statistics():
+    model = random_model(tiny_config("llama", gqa=True, layers=4), seed=0)
+    stats = [{"attention": [0.0, 1.0], "mlp": [0.0, 1.0]}] * 4
+    stats[1] = {"attention": [0.0, 1.0], "mlp": [100.0, 1.0]}  # layer 1's channels sit far below their mean
+    kept_units, kept_channels = make_plan(fake_scores(model, standardisation=stats), model, 0.1, "global-std").kept_counts()
+    assert kept_channels[1] < 96 / 2  # its channels go first
+    assert (kept_channels[[0, 2, 3]] == 96).all()
+
+
+# ---- constraints --------------------------------------------------------------------------------------
+
+def test_never_empties_a_layer_unless_allowed(tiny_model):
+    for unit in units_for(tiny_model):
+        geometry = model_geometry(tiny_model)
+        cheap_attention = [[0.0] * g.num_units(unit) for g in geometry]  # attention looks useless everywhere
+        scores = fake_scores(tiny_model, unit=unit, attention=cheap_attention)
+        for allocation in ("uniform", "global", "global-std"):
+            plan = make_plan(scores, tiny_model, 0.6, allocation)  # about the most uniform can do here (Qwen3 query slots)
+            kept_units, kept_channels = plan.kept_counts()
+            assert (kept_units >= 1).all() and (kept_channels >= 1).all(), allocation
+        plan = make_plan(scores, tiny_model, 0.8, "global", allow_empty_attention=True)
+        assert (plan.kept_counts()[0] == 0).any()
+        assert (plan.kept_counts()[1] >= 1).all()
+
+
+def test_gqa_layouts_stay_valid(tiny_model):
+    for unit in units_for(tiny_model):
+        for allocation in ("uniform", "global", "global-std"):
+            for ratio in (0.2, 0.4, 0.6):
+                plan = make_plan(fake_scores(tiny_model, unit=unit, seed=int(ratio * 10)), tiny_model, ratio, allocation)
+                for i, (geom, shape) in enumerate(zip(plan.geometry(), plan.layer_shapes())):
+                    q_heads, kv_heads = plan.kept_heads(i)
+                    assert shape["num_heads"] % shape["num_kv_heads"] == 0
+                    n_rep = shape["num_heads"] // shape["num_kv_heads"]
+                    # the kept query heads of every kept KV head: the same count, and from its own group
+                    per_group = [[q for q in q_heads if q // geom.n_rep == kv] for kv in kv_heads]
+                    assert all(len(g) == n_rep for g in per_group)
+                    assert sum(per_group, []) == q_heads
+                    if unit == "query_slot":  # the same slots in every group
+                        assert len({tuple(q % geom.n_rep for q in g) for g in per_group}) == 1
+                        assert kv_heads == list(range(geom.num_kv_heads))
+
+
+def test_round_to_multiple_of_8(default_loaded):
+    model = default_loaded.model
+    for allocation in ("uniform", "global", "global-std"):
+        plan = make_plan(fake_scores(model), model, 0.37, allocation, round_to=8)
+        _, kept_channels = plan.kept_counts()
+        assert ((kept_channels % 8 == 0) | (kept_channels == 1536)).all()
+        assert abs(plan.summary()["removed_attention_mlp"] - 0.37) < 0.01
+
+
+def test_manual_allocation_and_starting_from_another_plan(tiny_model):
+    scores = fake_scores(tiny_model)
+    n_layers = len(model_geometry(tiny_model))
+    start = make_plan(scores, tiny_model, 0.4, "global")
+    again = make_plan(scores, tiny_model, None, "manual", layer_ratios=start.meta["layer_ratios"])
+    assert again.layers == start.layers
+    ratios = [(0.5, 0.25)] + [(0.0, 0.0)] * (n_layers - 1)
+    plan = make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios)
+    units = plan.geometry()[0].num_units(plan.unit)
+    assert len(plan.layers[0]["attention"]) == units - math.floor(0.5 * units + 0.5)
+    assert len(plan.layers[0]["mlp"]) == 96 - 24
+    assert plan.layers[1]["mlp"] == list(range(96))
+
+
+def test_manual_plan_that_would_empty_a_layer_is_refused(tiny_model):
+    scores = fake_scores(tiny_model)
+    n_layers = len(model_geometry(tiny_model))
+    ratios = [(0.0, 0.0)] * n_layers
+    ratios[1] = (1.0, 0.2)
+    with pytest.raises(PlanError, match="Layer 1: attention ratio 1 removes all"):
+        make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios)
+    plan = make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios, allow_empty_attention=True)
+    assert plan.layers[1]["attention"] == [] and plan.layer_shapes()[1]["num_heads"] == 0
+    ratios[1] = (0.5, 1.0)
+    with pytest.raises(PlanError, match="Layer 1: MLP ratio 1 removes all"):
+        make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios, allow_empty_attention=True)
+    with pytest.raises(PlanError, match="pairs, one per layer"):
+        make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios[:-1])
+    with pytest.raises(PlanError, match="needs layer_ratios"):
+        make_plan(scores, tiny_model, 0.2, "manual")
+
+
+# ---- errors -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ratio", (-0.1, 1.0, 1.5, float("nan"), "0.2", True, None))
+def test_ratio_outside_0_1_is_a_clear_error(default_loaded, ratio):
+    scores = fake_scores(default_loaded.model)
+    with pytest.raises(PlanError, match=r"in \[0, 1\)"):
+        make_plan(scores, default_loaded.model, ratio, "uniform")
+
+
+def test_bad_arguments_are_clear_errors(default_loaded):
+    model, scores = default_loaded.model, fake_scores(default_loaded.model)
+    with pytest.raises(PlanError, match="Unknown allocation"):
+        make_plan(scores, model, 0.2, "magic")
+    with pytest.raises(PlanError, match="round_to"):
+        make_plan(scores, model, 0.2, round_to=0)
+    with pytest.raises(PlanError, match="impossible"):
+        make_plan(scores, model, 0.99, "global")
+    assert set(ALLOCATIONS) >= {"uniform", "global", "manual"}
+
+
+def test_scores_from_another_model_are_refused(default_loaded):
+    tiny = random_model(tiny_config("llama", gqa=True), seed=0)
+    with pytest.raises(PlanError, match="another model"):
+        make_plan(fake_scores(tiny), default_loaded.model, 0.2)
+    wider = random_model(tiny_config("llama", gqa=True, hidden=128, heads=4), seed=0)  # same unit counts
+    narrow = random_model(tiny_config("llama", gqa=True), seed=0)
+    with pytest.raises(BipError, match="another model"):
+        make_plan(fake_scores(wider), narrow, 0.2)
+
+
+def test_plan_for_another_geometry_is_refused(default_loaded):
+    tiny = random_model(tiny_config("llama", gqa=True), seed=0)
+    plan = make_plan(fake_scores(tiny), tiny, 0.2)
+    with pytest.raises(PlanError, match="another model geometry"):
+        plan.summary(default_loaded.model)
+    with pytest.raises(PlanError, match="another model geometry"):
+        plan.check_matches(default_loaded.model)
+
+
+# ---- persistence and provenance -----------------------------------------------------------------------
+
+def test_plan_json_round_trip_and_provenance(tmp_path, tiny_model):
+    scores = fake_scores(tiny_model, model_name="tiny-test")
+    plan = make_plan(scores, tiny_model, 0.3, "global-std", round_to=8)
+    path = plan.save(tmp_path / "plan.json")
+    loaded = Plan.load(path)
+    assert loaded.layers == plan.layers and loaded.unit == plan.unit
+    assert loaded.summary() == plan.summary()
+    meta = loaded.meta
+    assert meta["method"] == "random" and meta["ratio"] == 0.3 and meta["allocation"] == "global-std"
+    assert meta["calibration"]["model"] == "tiny-test" and len(meta["layer_ratios"]) == len(plan.layers)
+    assert len(meta["geometry"]) == len(plan.layers)
+    removed = loaded.removed(0)
+    assert sorted(removed["mlp"] + plan.layers[0]["mlp"]) == list(range(96))
+
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(PlanError, match="Cannot read"):
+        Plan.load(tmp_path / "bad.json")
+    broken = plan.to_dict()
+    broken["layers"][0]["mlp"] = [5, 3]
+    with pytest.raises(PlanError, match="sorted distinct"):
+        Plan.from_dict(broken)
+    with pytest.raises(PlanError, match="Not a BIP Studio plan"):
+        Plan.from_dict({"layers": []})
+
+
+def test_plan_from_real_magnitude_scores(default_loaded):
+    from bip_core.scoring import score
+
+    scores = score(default_loaded.model, default_loaded.tokenizer, method="magnitude")
+    plan = make_plan(scores, default_loaded.model, 0.2, "global-std", round_to=8)
+    assert abs(plan.summary()["removed_attention_mlp"] - 0.2) < 0.01
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------
+
+def test_plan_cli(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    tiny_config("qwen2", gqa=True).save_pretrained(folder)
+    model = random_model(tiny_config("qwen2", gqa=True), seed=0)
+    fake_scores(model, model_name=str(folder)).save(tmp_path / "scores.json")
+    out = tmp_path / "plan.json"
+    code = cli_main(["plan", "--scores", str(tmp_path / "scores.json"), "--ratio", "0.3", "--allocation", "global",
+                     "--round-to", "8", "--out", str(out)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["out"] == str(out) and abs(printed["removed_attention_mlp"] - 0.3) < 0.05
+    assert Plan.load(out).summary()["params_after"] == printed["params_after"]
+
+    code = cli_main(["plan", "--scores", str(tmp_path / "scores.json"), "--ratio", "1.2", "--out", str(out)])
+    assert code == 2 and "[0, 1)" in capsys.readouterr().err
+    code = cli_main(["plan", "--scores", str(tmp_path / "scores.json"), "--allocation", "manual",
+                     "--layer-ratios", str(out), "--out", str(tmp_path / "manual.json")])
+    assert code == 0 and Plan.load(tmp_path / "manual.json").layers == Plan.load(out).layers
