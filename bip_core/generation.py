@@ -50,7 +50,7 @@ def build_prompt_ids(tokenizer, prompt_or_messages, chat_template: bool | None =
     return ids, use_template
 
 
-def _cache_argument(model) -> str:
+def cache_argument(model) -> str:
     """transformers 5.x calls the KV cache argument `cache` (older versions: `past_key_values`)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -101,7 +101,7 @@ class _Decoder:
         self.pending = prompt_ids.to(self.device)
         self.prompt_tokens = prompt_ids.shape[1]
         self.cache = None
-        self.cache_argument = _cache_argument(model)
+        self.cache_argument = cache_argument(model)
         self.generated: list[int] = []
         self.done = max_new_tokens <= 0
         self.stop_reason = "length" if self.done else None
@@ -197,5 +197,5 @@ def stream_side_by_side(models: dict, tokenizer, prompt_or_messages, max_new_tok
             return
 
 
-__all__ = ["stream_generate", "stream_chat", "generate", "stream_side_by_side", "build_prompt_ids",
+__all__ = ["stream_generate", "stream_chat", "generate", "stream_side_by_side", "build_prompt_ids", "cache_argument",
            "has_chat_template", "next_token"]
