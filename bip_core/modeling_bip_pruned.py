@@ -20,6 +20,8 @@ down_proj biases hold FLAP-style bias compensation. A layer with no attention he
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
@@ -28,7 +30,10 @@ LAYER_SHAPES_KEY = "bip_layer_shapes"
 
 
 def _linear(in_features: int, out_features: int, bias: bool, like: nn.Linear, device=None) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=bias, device=device or like.weight.device, dtype=like.weight.dtype)
+    with warnings.catch_warnings():  # zero-size Linears (pruned-away attention) warn that init is a no-op
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        return nn.Linear(in_features, out_features, bias=bias, device=device or like.weight.device,
+                         dtype=like.weight.dtype)
 
 
 class EmptyAttention(nn.Module):

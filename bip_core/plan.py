@@ -95,10 +95,15 @@ class Costs:
     channel_cost: np.ndarray  # parameters removed with one MLP channel
     layer_params: np.ndarray  # attention+MLP parameters of the layer
     total: int                # all parameters of the model, tied embeddings once
+    # freed only when a layer's attention goes entirely: q/k/v/o parameters beyond its units (the
+    # k/v heads under query slots; o_proj's bias stays) and other parameters (Qwen3 q_norm/k_norm)
+    attention_rest: np.ndarray | None = None
+    attention_norms: np.ndarray | None = None
 
     @classmethod
     def of_model(cls, model, unit: str, geometry: list[LayerGeometry]) -> "Costs":
         units, channels, unit_cost, channel_cost, layer_params = [], [], [], [], []
+        rest, norms = [], []
         for i, geom in enumerate(geometry):
             p = block_parts(model, i)
             has_bias = {name: int(getattr(p, name).bias is not None) for name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")}
@@ -109,22 +114,41 @@ class Costs:
             unit_cost.append(len(q_heads) * hd * (2 * hidden + has_bias["q_proj"])
                              + len(kv_heads) * hd * (2 * hidden + has_bias["k_proj"] + has_bias["v_proj"]))
             channel_cost.append(3 * hidden + has_bias["gate_proj"] + has_bias["up_proj"])
-            layer_params.append(sum(lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
-                                    for lin in (p.q_proj, p.k_proj, p.v_proj, p.o_proj, p.gate_proj, p.up_proj, p.down_proj)))
-        return cls(*(np.asarray(x, dtype=np.int64) for x in (units, channels, unit_cost, channel_cost, layer_params)),
-                   total=count_params(model)["total"])
+            size = {name: lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
+                    for name, lin in ((n, getattr(p, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj",
+                                                                  "gate_proj", "up_proj", "down_proj"))}
+            layer_params.append(sum(size.values()))
+            o_bias = p.o_proj.bias.numel() if p.o_proj.bias is not None else 0
+            rest.append(sum(size[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj")) - o_bias
+                        - units[-1] * unit_cost[-1])
+            norms.append(sum(x.numel() for norm in (p.q_norm, p.k_norm) if norm is not None for x in norm.parameters()))
+        arrays = (units, channels, unit_cost, channel_cost, layer_params)
+        return cls(*(np.asarray(x, dtype=np.int64) for x in arrays), total=count_params(model)["total"],
+                   attention_rest=np.asarray(rest, dtype=np.int64), attention_norms=np.asarray(norms, dtype=np.int64))
 
     def to_dict(self) -> dict:
         return {"unit": self.unit_cost.tolist(), "channel": self.channel_cost.tolist(),
-                "layer_params": self.layer_params.tolist(), "total": int(self.total)}
+                "layer_params": self.layer_params.tolist(), "total": int(self.total),
+                "attention_rest": self.attention_rest.tolist(), "attention_norms": self.attention_norms.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict, geometry: list[dict], unit: str) -> "Costs":
         geoms = [LayerGeometry(**g) for g in geometry]
+
+        def ints(key):
+            return np.asarray(d.get(key, [0] * len(geoms)), dtype=np.int64)
+
         return cls(units=np.asarray([g.num_units(unit) for g in geoms], dtype=np.int64),
                    channels=np.asarray([g.intermediate for g in geoms], dtype=np.int64),
-                   unit_cost=np.asarray(d["unit"], dtype=np.int64), channel_cost=np.asarray(d["channel"], dtype=np.int64),
-                   layer_params=np.asarray(d["layer_params"], dtype=np.int64), total=int(d["total"]))
+                   unit_cost=ints("unit"), channel_cost=ints("channel"), layer_params=ints("layer_params"),
+                   total=int(d["total"]), attention_rest=ints("attention_rest"), attention_norms=ints("attention_norms"))
+
+    def removed(self, kept_units: np.ndarray, kept_channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per layer (attention+MLP parameters removed, other parameters removed) for these kept counts."""
+        empty = kept_units == 0
+        linear = ((self.units - kept_units) * self.unit_cost + (self.channels - kept_channels) * self.channel_cost
+                  + np.where(empty, self.attention_rest, 0))
+        return linear, np.where(empty, self.attention_norms, 0)
 
 
 # ----------------------------------------------------------------------------------- the plan
@@ -185,8 +209,9 @@ class Plan:
             self.check_matches(model)
         costs = self.costs()
         kept_units, kept_channels = self.kept_counts()
-        removed_layer = (costs.units - kept_units) * costs.unit_cost + (costs.channels - kept_channels) * costs.channel_cost
+        removed_layer, removed_other = costs.removed(kept_units, kept_channels)
         removed = int(removed_layer.sum())
+        removed_all = removed + int(removed_other.sum())
         attn_mlp = int(costs.layer_params.sum())
         shapes = self.layer_shapes()
         return {
@@ -195,9 +220,9 @@ class Plan:
             "allocation": self.meta.get("allocation"),
             "ratio_requested": self.meta.get("ratio"),
             "removed_attention_mlp": removed / attn_mlp if attn_mlp else 0.0,
-            "removed_total": removed / costs.total if costs.total else 0.0,
+            "removed_total": removed_all / costs.total if costs.total else 0.0,
             "params_before": costs.total,
-            "params_after": costs.total - removed,
+            "params_after": costs.total - removed_all,
             "attention_mlp_before": attn_mlp,
             "attention_mlp_after": attn_mlp - removed,
             "layers": [{"layer": i, "attention_kept": int(kept_units[i]), "attention_total": int(costs.units[i]),
