@@ -1,0 +1,76 @@
+"""`python -m bip_core sweep --model SPEC --methods bip,flap,... --ratios 0.2,0.5 --allocations uniform,global
+--data wiki-bb --samples N --seq-len L --windows W --out results.csv`
+
+Scores once per method, evaluates every ratio and allocation (perplexity, paper protocol), writes the
+table (CSV, rewritten after every row) and a plotly chart next to it (results.html: PPL vs ratio per
+method, log y). Method options: `bip:aggregation=rms`, `bip:lipschitz=zero`, ...
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .common import add_model_argument, print_json
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_arguments(parser) -> None:
+    from ..data import describe_sources
+
+    add_model_argument(parser)
+    parser.add_argument("--methods", type=_names, default=["bip"],
+                        help="comma-separated scoring methods, each optionally with options: "
+                             "bip,bip:aggregation=rms,flap,wanda-sp,magnitude,random (default bip)")
+    parser.add_argument("--ratios", type=_floats, default=[0.2, 0.5],
+                        help="fractions of attention+MLP parameters to remove (default 0.2,0.5)")
+    parser.add_argument("--allocations", type=_names, default=["uniform"],
+                        help="comma-separated: uniform, global, global-std (default uniform)")
+    parser.add_argument("--data", default="wiki-bb", help=f"calibration text: {', '.join(describe_sources())}")
+    parser.add_argument("--samples", type=int, default=64, help="calibration windows (default 64)")
+    parser.add_argument("--seq-len", type=int, default=128, help="calibration tokens per window (default 128)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ppl", default="wiki-bb", metavar="SOURCE", help="perplexity text (default wiki-bb)")
+    parser.add_argument("--split", default=None, help="perplexity split (default: the papers' split)")
+    parser.add_argument("--ppl-seq-len", type=int, default=128, help="perplexity window length (default 128)")
+    parser.add_argument("--windows", type=int, default=None, help="perplexity windows (default all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    parser.add_argument("--bias-compensation", choices=("auto", "on", "off"), default="auto",
+                        help="FLAP-style bias compensation: auto = for flap only (default)")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense model's row")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", required=True, help="CSV path; the chart goes next to it as .html")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args) -> int:
+    import torch
+
+    from ..loading import load_model
+    from ..sweep import sweep
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+
+    def progress(done, total, desc):
+        print(f"[{done}/{total}] {desc}", file=sys.stderr, flush=True)
+
+    table = sweep(loaded.model, loaded.tokenizer, methods=args.methods, ratios=args.ratios,
+                  allocations=args.allocations, data=args.data, samples=args.samples, seq_len=args.seq_len,
+                  seed=args.seed, ppl_source=args.ppl, ppl_split=args.split, windows=args.windows,
+                  ppl_seq_len=args.ppl_seq_len, batch_size=args.batch_size, bias_compensation=args.bias_compensation,
+                  dense=not args.no_dense, model_name=args.model, out=args.out,
+                  progress=None if args.quiet else progress)
+    out = Path(args.out)
+    shown = table[["method", "allocation", "ratio", "ppl", "params", "score_seconds", "error"]]
+    print_json({"csv": str(out), "chart": str(out.with_suffix(".html")), "rows": len(table),
+                "results": json.loads(shown.to_json(orient="records"))})
+    return 0

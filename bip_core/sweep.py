@@ -1,0 +1,185 @@
+"""Sweep: score once per method, then plan, prune and measure perplexity at every ratio and allocation.
+
+    table = sweep(model, tokenizer, methods=["bip", "flap"], ratios=[0.2, 0.5],
+                  allocations=["uniform", "global"], out="results.csv")
+
+A method may carry options, `name:key=value:key=value` (e.g. `bip:aggregation=rms`,
+`bip:lipschitz=zero`); the whole string is its label in the table. Every (method, allocation,
+ratio) row holds the perplexity with its protocol fields (dataset, split, seq_len, windows, tokens),
+the parameters left, the removed fractions, the scoring time and peak memory, and the calibration
+settings. The dense model is evaluated once as the row `method = "dense"`, ratio 0. A plan that
+cannot be made (e.g. a ratio too high for the constraints) gives a row with `error` and no ppl.
+
+With `out`, the CSV is rewritten after every row (a long sweep keeps what it has measured) and a
+plotly chart, PPL vs ratio per method and allocation on a log axis, is written next to it (.html).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import BipError, PlanError
+from .perplexity import paper_split, perplexity
+
+COLUMNS = ["method", "allocation", "ratio", "ppl", "nll", "params", "params_attention_mlp", "removed_attention_mlp",
+           "removed_total", "score_seconds", "score_peak_memory_bytes", "prune_seconds", "eval_seconds",
+           "bias_compensation", "unit", "dataset", "split", "seq_len", "windows", "tokens", "calibration_source",
+           "calibration_samples", "calibration_seq_len", "seed", "error"]
+INTEGER_COLUMNS = ["params", "params_attention_mlp", "score_peak_memory_bytes", "seq_len", "windows", "tokens",
+                   "calibration_samples", "calibration_seq_len", "seed"]
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    """The rows as a table with the fixed column order; whole numbers stay whole where some rows lack them."""
+    return pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in INTEGER_COLUMNS})
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """'bip:aggregation=rms:lipschitz=zero' -> ('bip', {'aggregation': 'rms', 'lipschitz': 'zero'})."""
+    name, *items = [part.strip() for part in spec.split(":")]
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BipError(f"Method option '{item}' in '{spec}' is not KEY=VALUE (e.g. bip:aggregation=rms).")
+        options[key.strip()] = value.strip()
+    return name, options
+
+
+def _use_compensation(setting, method: str, scores) -> bool:
+    if setting in (True, "on"):
+        return True
+    if setting in (False, "off", None):
+        return False
+    if setting != "auto":
+        raise BipError(f"bias_compensation must be 'auto', 'on' or 'off' (got {setting!r}).")
+    layers = scores.layers
+    return method == "flap" and all("o_input_mean" in layer and "down_input_mean" in layer for layer in layers)
+
+
+def write_chart(table: pd.DataFrame, path, title: str | None = None) -> Path:
+    """PPL vs ratio, one line per method and allocation, log y; the dense model as a horizontal line."""
+    import plotly.express as px
+
+    path = Path(path)
+    pruned = table[(table["method"] != "dense") & table["ppl"].notna()].copy()
+    pruned["series"] = pruned["method"] + " / " + pruned["allocation"]
+    fig = px.line(pruned.sort_values("ratio"), x="ratio", y="ppl", color="method", line_dash="allocation",
+                  markers=True, log_y=True, hover_data=["series", "params", "removed_total", "score_seconds"],
+                  labels={"ratio": "ratio (fraction of attention+MLP parameters removed)", "ppl": "perplexity"},
+                  title=title)
+    dense = table[(table["method"] == "dense") & table["ppl"].notna()]
+    if len(dense):
+        fig.add_hline(y=float(dense["ppl"].iloc[0]), line_dash="dot", line_color="gray",
+                      annotation_text=f"dense {float(dense['ppl'].iloc[0]):.2f}")
+    fig.write_html(path, include_plotlyjs=True)  # embedded: the chart opens offline
+    return path
+
+
+def _chart_title(row: dict, model_name: str) -> str:
+    return (f"{model_name}: perplexity vs pruning ratio ({row['dataset']} {row['split']}, {row['windows']} windows x "
+            f"{row['seq_len']} tokens, {row['tokens']} scored tokens)")
+
+
+def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str = "wiki-bb", samples: int = 64,
+          seq_len: int = 128, seed: int = 0, ppl_source: str = "wiki-bb", ppl_split: str | None = None,
+          windows: int | None = None, ppl_seq_len: int = 128, batch_size: int = 8, bias_compensation="auto",
+          dense: bool = True, model_name: str | None = None, out=None, progress=None) -> pd.DataFrame:
+    """Run the sweep (see module docstring) and return its table; with `out`, also write CSV + HTML chart."""
+    from .architecture import count_params
+    from .plan import make_plan
+    from .scoring import score
+    from .surgery import prune_model
+
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    ratios = [float(r) for r in ratios]
+    allocations = [allocations] if isinstance(allocations, str) else list(allocations)
+    if "manual" in allocations:
+        raise PlanError("The sweep cannot use the manual allocation (it needs per-layer ratios); use uniform, "
+                        "global or global-std.")
+    model_name = model_name or getattr(model.config, "name_or_path", "") or type(model).__name__
+    ppl_split = ppl_split or paper_split(ppl_source)
+    out = Path(out) if out else None
+    rows: list[dict] = []
+    total = len(methods) * (1 + len(ratios) * len(allocations)) + int(dense)
+    step = 0
+
+    def tick(desc):
+        nonlocal step
+        step += 1
+        if progress is not None:
+            progress(step, total, desc)
+
+    def evaluate(m) -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        result = perplexity(m, tokenizer, ppl_source, ppl_split, seq_len=ppl_seq_len, windows=windows,
+                            batch_size=batch_size)
+        return result, time.perf_counter() - t0
+
+    def record(row: dict) -> None:
+        rows.append({column: row.get(column) for column in COLUMNS})
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _table(rows).to_csv(out, index=False)
+
+    def protocol(result: dict) -> dict:
+        return {k: result[k] for k in ("ppl", "nll", "dataset", "split", "seq_len", "windows", "tokens")}
+
+    calibration = {"calibration_source": data, "calibration_samples": samples, "calibration_seq_len": seq_len,
+                   "seed": seed}
+    if dense:
+        result, seconds = evaluate(model)
+        params = count_params(model)
+        record({"method": "dense", "allocation": "-", "ratio": 0.0, **protocol(result), "params": params["total"],
+                "params_attention_mlp": params["attention_mlp"], "removed_attention_mlp": 0.0, "removed_total": 0.0,
+                "eval_seconds": seconds, "bias_compensation": False})
+        tick("dense")
+    for spec in methods:
+        method, options = parse_method(spec)
+        scores = score(model, tokenizer, method=method, source=data, samples=samples, seq_len=seq_len, seed=seed,
+                       batch_size=batch_size, model_name=model_name, **options)
+        tick(f"scored {spec}")
+        compensate = _use_compensation(bias_compensation, scores.meta["method"], scores)
+        common = {"method": spec, "score_seconds": scores.meta.get("seconds"), "unit": scores.meta.get("unit"),
+                  "score_peak_memory_bytes": scores.meta.get("peak_memory_bytes"), "bias_compensation": compensate,
+                  **calibration}
+        for allocation in allocations:
+            for ratio in ratios:
+                row = {**common, "allocation": allocation, "ratio": ratio}
+                try:
+                    t0 = time.perf_counter()
+                    plan = make_plan(scores, model, ratio, allocation=allocation)
+                    pruned = prune_model(model, plan, bias_compensation=compensate, scores=scores)
+                    row["prune_seconds"] = time.perf_counter() - t0
+                except PlanError as err:
+                    record({**row, "error": str(err)})
+                    tick(f"{spec} {allocation} {ratio}: {err}")
+                    continue
+                summary = plan.summary()
+                result, seconds = evaluate(pruned)
+                params = count_params(pruned)
+                record({**row, **protocol(result), "params": params["total"],
+                        "params_attention_mlp": params["attention_mlp"],
+                        "removed_attention_mlp": summary["removed_attention_mlp"],
+                        "removed_total": summary["removed_total"], "eval_seconds": seconds})
+                del pruned
+                gc.collect()
+                tick(f"{spec} {allocation} {ratio}: ppl {result['ppl']:.2f}")
+        del scores
+    table = _table(rows)
+    if out is not None:
+        evaluated = next((r for r in rows if r["ppl"] is not None and not _isnan(r["ppl"])), None)
+        write_chart(table, out.with_suffix(".html"),
+                    _chart_title(evaluated, model_name) if evaluated else f"{model_name}: perplexity vs ratio")
+    return table
+
+
+def _isnan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+__all__ = ["sweep", "write_chart", "parse_method", "COLUMNS"]

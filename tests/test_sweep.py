@@ -1,0 +1,97 @@
+"""Sweep: one scoring per method, every ratio evaluated, CSV table and HTML chart written."""
+import json
+
+import pandas as pd
+import pytest
+
+from bip_core.cli import main
+from bip_core.errors import BipError, PlanError
+from bip_core.loading import random_model
+from bip_core.perplexity import perplexity
+from bip_core.sweep import COLUMNS, parse_method, sweep
+from bip_core.tiny_configs import tiny_config
+
+
+@pytest.fixture
+def text_source(tmp_path):
+    path = tmp_path / "eval.txt"
+    path.write_text("\n\n".join(f"Paragraph {i} talks about rivers, towns and {i * 7} bridges." * 3 for i in range(30)))
+    return f"file:{path}"
+
+
+def test_parse_method():
+    assert parse_method("bip") == ("bip", {})
+    assert parse_method("bip:aggregation=rms:lipschitz=zero") == ("bip", {"aggregation": "rms", "lipschitz": "zero"})
+    with pytest.raises(BipError, match="KEY=VALUE"):
+        parse_method("bip:rms")
+
+
+def test_sweep_scores_once_per_method_and_writes_table_and_chart(tokenizer, text_source, tmp_path, monkeypatch):
+    import bip_core.scoring as scoring
+
+    calls = []
+    real_score = scoring.score
+
+    def counting_score(*args, **kwargs):
+        calls.append(kwargs["method"])
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "score", counting_score)
+    model = random_model(tiny_config("llama"), seed=0)
+    out = tmp_path / "sweep" / "results.csv"
+    table = sweep(model, tokenizer, methods=["magnitude", "bip:lipschitz=zero"], ratios=[0.25, 0.5],
+                  allocations=["uniform", "global"], data=text_source, samples=4, seq_len=16,
+                  ppl_source=text_source, ppl_split="test", windows=3, ppl_seq_len=32, out=out)
+    assert calls == ["magnitude", "bip"]  # scored once per method
+    assert len(table) == 1 + 2 * 2 * 2
+    saved = pd.read_csv(out)
+    assert list(saved.columns) == COLUMNS
+    assert {"method", "allocation", "ratio", "ppl", "params", "score_seconds"} <= set(saved.columns)
+    dense = saved[saved["method"] == "dense"].iloc[0]
+    assert dense["ratio"] == 0 and dense["params"] == sum(p.numel() for p in model.parameters())
+    expected = perplexity(model, tokenizer, text_source, "test", seq_len=32, windows=3)
+    assert dense["ppl"] == pytest.approx(expected["ppl"], rel=1e-6)
+    pruned = saved[saved["method"] != "dense"]
+    assert set(pruned["method"]) == {"magnitude", "bip:lipschitz=zero"}
+    assert pruned["ppl"].notna().all() and (pruned["ppl"] > 1).all()
+    assert (pruned["params"] < dense["params"]).all()
+    assert pruned["removed_attention_mlp"].tolist() == pytest.approx(pruned["ratio"].tolist(), abs=0.03)
+    assert (pruned["score_seconds"] >= 0).all() and pruned["error"].isna().all()
+    assert (saved[["dataset", "split", "seq_len", "windows"]].drop_duplicates().values.tolist()
+            == [[text_source, "test", 32, 3]])
+    assert (saved["tokens"] == 3 * 31).all()
+    half = pruned[pruned["ratio"] == 0.5]
+    assert (half["params"] < pruned[pruned["ratio"] == 0.25]["params"].max()).all()
+    html = out.with_suffix(".html").read_text()
+    assert "plotly" in html.lower() and '"type":"log"' in html.replace(" ", "")
+    assert "magnitude" in html and "bip:lipschitz=zero" in html and "perplexity" in html
+
+
+def test_sweep_records_infeasible_plans_and_refuses_manual(tokenizer, text_source, tmp_path):
+    model = random_model(tiny_config("qwen2", gqa=False), seed=0)
+    table = sweep(model, tokenizer, methods=["random"], ratios=[0.3, 1.0], allocations=["uniform"],
+                  ppl_source=text_source, ppl_split="test", windows=2, ppl_seq_len=16, dense=False,
+                  out=tmp_path / "r.csv")
+    assert len(table) == 2
+    ok, bad = table.iloc[0], table.iloc[1]
+    assert ok["ppl"] > 1 and pd.isna(ok["error"])
+    assert pd.isna(bad["ppl"]) and isinstance(bad["error"], str) and bad["error"]
+    with pytest.raises(PlanError, match="manual"):
+        sweep(model, tokenizer, methods=["random"], ratios=[0.3], allocations=["manual"])
+
+
+@pytest.mark.slow
+def test_sweep_cli_on_a_config_only_model(tmp_path, text_source, capsys):
+    folder = tmp_path / "tiny"
+    tiny_config("mistral").save_pretrained(folder)
+    out = tmp_path / "cli" / "results.csv"
+    code = main(["sweep", "--model", str(folder), "--methods", "random,wanda-sp", "--ratios", "0.2,0.4",
+                 "--allocations", "uniform", "--data", text_source, "--samples", "4", "--seq-len", "16",
+                 "--ppl", text_source, "--split", "test", "--ppl-seq-len", "16", "--windows", "2", "--quiet",
+                 "--out", str(out)])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 1 + 2 * 2 and report["csv"] == str(out)
+    saved = pd.read_csv(out)
+    assert saved["ppl"].notna().all() and set(saved["method"]) == {"dense", "random", "wanda-sp"}
+    assert out.with_suffix(".html").is_file()
