@@ -27,3 +27,14 @@ def fake_scores(model, unit: str | None = None, seed: int = 0, means: bool = Tru
     meta = {"format": 1, "method": "random", "model": model_name, "source": "none", "samples": 0, "seq_len": 0,
             "seed": seed, "unit": unit, "geometry": geometry_record(geometry), "options": {}}
     return Scores.from_dict({"layers": layers, "meta": meta})
+
+
+def tiny_folder_with_scores(tmp_path, family: str):
+    """A folder holding only a tiny config (load_model gives its seed-0 random model) and scores.json for it."""
+    from bip_core.loading import random_model
+    from bip_core.tiny_configs import tiny_config
+
+    folder = tmp_path / "tiny"
+    tiny_config(family, gqa=True).save_pretrained(folder)
+    fake_scores(random_model(tiny_config(family, gqa=True), seed=0), model_name=str(folder)).save(tmp_path / "scores.json")
+    return folder, tmp_path / "scores.json"

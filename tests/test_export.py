@@ -19,7 +19,7 @@ from bip_core.loading import load_model, random_model
 from bip_core.plan import make_plan
 from bip_core.surgery import prune_model
 from bip_core.tiny_configs import tiny_config
-from fake_scores import fake_scores
+from fake_scores import fake_scores, tiny_folder_with_scores
 
 IDS = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(0))
 
@@ -233,12 +233,9 @@ def test_corrupt_and_truncated_exports_fail_with_export_error(exported):
 # ---- CLI ------------------------------------------------------------------------------------------------
 
 def test_prune_cli(tmp_path, capsys):
-    model_folder = tmp_path / "tiny"
-    tiny_config("mistral", gqa=True).save_pretrained(model_folder)
-    model = random_model(tiny_config("mistral", gqa=True), seed=0)
-    fake_scores(model, model_name=str(model_folder)).save(tmp_path / "scores.json")
+    model_folder, scores_file = tiny_folder_with_scores(tmp_path, "mistral")
     out = tmp_path / "pruned"
-    code = cli_main(["prune", "--scores", str(tmp_path / "scores.json"), "--ratio", "0.3", "--allocation", "global",
+    code = cli_main(["prune", "--scores", str(scores_file), "--ratio", "0.3", "--allocation", "global",
                      "--bias-compensation", "--out", str(out)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)

@@ -13,7 +13,7 @@ from bip_core.errors import BipError, PlanError
 from bip_core.loading import random_model
 from bip_core.plan import ALLOCATIONS, Plan, make_plan
 from bip_core.tiny_configs import tiny_config
-from fake_scores import fake_scores
+from fake_scores import fake_scores, tiny_folder_with_scores
 
 RATIOS = (0.0, 0.1, 0.25, 0.5, 0.7)
 
@@ -249,20 +249,17 @@ def test_plan_from_real_magnitude_scores(default_loaded):
 # ---- CLI ----------------------------------------------------------------------------------------------
 
 def test_plan_cli(tmp_path, capsys):
-    folder = tmp_path / "tiny"
-    tiny_config("qwen2", gqa=True).save_pretrained(folder)
-    model = random_model(tiny_config("qwen2", gqa=True), seed=0)
-    fake_scores(model, model_name=str(folder)).save(tmp_path / "scores.json")
+    _, scores_file = tiny_folder_with_scores(tmp_path, "qwen2")
     out = tmp_path / "plan.json"
-    code = cli_main(["plan", "--scores", str(tmp_path / "scores.json"), "--ratio", "0.3", "--allocation", "global",
+    code = cli_main(["plan", "--scores", str(scores_file), "--ratio", "0.3", "--allocation", "global",
                      "--round-to", "8", "--out", str(out)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(out) and abs(printed["removed_attention_mlp"] - 0.3) < 0.05
     assert Plan.load(out).summary()["params_after"] == printed["params_after"]
 
-    code = cli_main(["plan", "--scores", str(tmp_path / "scores.json"), "--ratio", "1.2", "--out", str(out)])
+    code = cli_main(["plan", "--scores", str(scores_file), "--ratio", "1.2", "--out", str(out)])
     assert code == 2 and "[0, 1)" in capsys.readouterr().err
-    code = cli_main(["plan", "--scores", str(tmp_path / "scores.json"), "--allocation", "manual",
+    code = cli_main(["plan", "--scores", str(scores_file), "--allocation", "manual",
                      "--layer-ratios", str(out), "--out", str(tmp_path / "manual.json")])
     assert code == 0 and Plan.load(tmp_path / "manual.json").layers == Plan.load(out).layers
