@@ -73,7 +73,8 @@ def window_nll(model, input_ids: torch.Tensor, batch_size: int = 8, progress=Non
     if input_ids.ndim != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"window_nll needs [windows, seq_len >= 2] token ids, got {tuple(input_ids.shape)}")
     base, head = _split_model(model)
-    rows = _chunk_rows(model.config.vocab_size if hasattr(model, "config") else 1, logits_budget_bytes)
+    vocab = getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", 1)
+    rows = _chunk_rows(vocab, logits_budget_bytes)
     device = _input_device(model)
     n = input_ids.shape[0]
     total, count = 0.0, 0

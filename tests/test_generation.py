@@ -89,3 +89,17 @@ def test_default_model_chat_answer_streams(default_loaded):
     chunks = list(stream_generate(model, tok, "What is the capital of France?", max_new_tokens=12, temperature=0))
     assert "Paris" in chunks[-1]
     assert chunks[-1] == _reference_greedy(model, tok, "What is the capital of France?", 12)
+
+
+def test_side_by_side_with_a_pruned_model(tiny, tokenizer):
+    from bip_core.plan import make_plan
+    from bip_core.scoring import score
+    from bip_core.surgery import prune_model
+
+    plan = make_plan(score(tiny, tokenizer, method="magnitude"), tiny, 0.5, allocation="global",
+                     allow_empty_attention=True)
+    pruned = prune_model(tiny, plan)
+    final = list(stream_side_by_side({"original": tiny, "pruned": pruned}, tokenizer, "Hi", max_new_tokens=6,
+                                     temperature=0))[-1]
+    assert final["original"]["text"] == _reference_greedy(tiny, tokenizer, "Hi", 6)
+    assert final["pruned"]["text"] == _reference_greedy(pruned, tokenizer, "Hi", 6)

@@ -9,6 +9,7 @@ from bip_core.errors import OfflineError
 from bip_core.loading import load_model, random_model
 from bip_core.perplexity import paper_split, perplexity, window_nll
 from bip_core.tiny_configs import tiny_config
+from nonuniform import shrink_mlp
 
 
 @pytest.fixture
@@ -85,24 +86,10 @@ def test_lm_head_sees_only_scored_positions_in_small_chunks(tokenizer, text_file
     assert all(s[0] <= 20 and len(s) == 2 for s in rows_seen)  # 2-D chunks of at most 20 rows
 
 
-def _shrink_mlp(model, layer: int, keep: int) -> None:
-    """Make one layer narrower (a non-uniform model, as after pruning)."""
-    mlp = model.model.layers[layer].mlp
-    for name in ("gate_proj", "up_proj"):
-        old = getattr(mlp, name)
-        new = torch.nn.Linear(old.in_features, keep, bias=False)
-        new.weight.data = old.weight.data[:keep].clone()
-        setattr(mlp, name, new)
-    old = mlp.down_proj
-    new = torch.nn.Linear(keep, old.out_features, bias=False)
-    new.weight.data = old.weight.data[:, :keep].clone()
-    mlp.down_proj = new
-
-
 def test_non_uniform_and_device_mapped_models(tokenizer, text_file, tmp_path):
     path, full = text_file
     model = random_model(tiny_config("llama"), seed=3)
-    _shrink_mlp(model, 1, 40)
+    shrink_mlp(model, 1, 40)
     result = perplexity(model, tokenizer, f"file:{path}", "test", seq_len=16)
     windows = torch.tensor(full[: result["windows"] * 16]).view(-1, 16)
     total, count = _reference_nll(model, windows)

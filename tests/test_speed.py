@@ -6,20 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bip_core.loading import random_model
 from bip_core.speed import compare, count_macs, measure_speed
 from bip_core.tiny_configs import tiny_config
-
-
-def _shrink(model, layer: int, keep_channels: int):
-    """A narrower MLP in one layer: a non-uniform model as pruning makes them."""
-    mlp = model.model.layers[layer].mlp
-    for name in ("gate_proj", "up_proj"):
-        old = getattr(mlp, name)
-        new = torch.nn.Linear(old.in_features, keep_channels, bias=False)
-        new.weight.data = old.weight.data[:keep_channels].clone()
-        setattr(mlp, name, new)
-    old = mlp.down_proj
-    mlp.down_proj = torch.nn.Linear(keep_channels, old.out_features, bias=False)
-    mlp.down_proj.weight.data = old.weight.data[:, :keep_channels].clone()
-    return model
+from nonuniform import shrink_mlp
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
@@ -42,7 +29,7 @@ def test_macs_match_torch_flop_counter_for_one_token(shrink):
     config._attn_implementation = "eager"  # plain matmuls, which the FLOP counter sees (CPU SDPA kernels it skips)
     model = random_model(config, seed=0)
     if shrink:
-        _shrink(model, 1, 30)
+        shrink_mlp(model, 1, 30)
     ids = torch.tensor([[5, 6, 7]])
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(input_ids=ids, use_cache=False)
@@ -75,7 +62,7 @@ def test_measure_speed_fields_and_sane_values(tokenizer):
 
 def test_compare_dense_and_pruned(tokenizer):
     dense = random_model(tiny_config("llama"), seed=0)
-    pruned = _shrink(random_model(tiny_config("llama"), seed=0), 0, 24)
+    pruned = shrink_mlp(random_model(tiny_config("llama"), seed=0), 0, 24)
     settings = dict(batch_sizes=(1,), prompt_len=8, new_tokens=2, repeats=1)
     a, b = measure_speed(dense, tokenizer, **settings), measure_speed(pruned, tokenizer, **settings)
     ratios = compare(a, b)

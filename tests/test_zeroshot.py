@@ -11,6 +11,7 @@ from bip_core.errors import OfflineError
 from bip_core.loading import random_model
 from bip_core.offline_tasks import OFFLINE_TASKS, TAG, chance_levels, offline_rows, prepare_tasks, tasks_dir
 from bip_core.tiny_configs import tiny_config
+from nonuniform import shrink_mlp
 from bip_core.zeroshot import OFFLINE_DEFAULT, STANDARD_TASKS, resolve_tasks, zeroshot
 
 
@@ -107,16 +108,7 @@ def _by_hand(model, tokenizer, name: str, limit: int) -> tuple[float, float]:
 
 
 def test_zeroshot_on_a_non_uniform_model_matches_a_hand_computation(tokenizer, prepared):
-    model = random_model(tiny_config("llama"), seed=5)
-    mlp = model.model.layers[0].mlp  # narrower first MLP: the config no longer describes every layer
-    keep = 50
-    for name in ("gate_proj", "up_proj"):
-        new = torch.nn.Linear(64, keep, bias=False)
-        new.weight.data = getattr(mlp, name).weight.data[:keep].clone()
-        setattr(mlp, name, new)
-    down = torch.nn.Linear(keep, 64, bias=False)
-    down.weight.data = mlp.down_proj.weight.data[:, :keep].clone()
-    mlp.down_proj = down
+    model = shrink_mlp(random_model(tiny_config("llama"), seed=5), 0, 50)  # config no longer fits every layer
     limit = 8
     result = zeroshot(model, tokenizer, "strategyqa,goal_step_wikihow_step", limit=limit, batch_size=4)
     assert result["limit"] == limit and result["num_fewshot"] == 0
@@ -143,3 +135,21 @@ def test_default_model_offline_zeroshot_quick_run(default_loaded, prepared):
         assert entry["stderr"] is not None
     values = [e["value"] for e in result["tasks"].values()]
     assert result["average"] == pytest.approx(sum(values) / len(values))
+
+
+def test_zeroshot_runs_on_a_surgically_pruned_model(tokenizer, prepared):
+    from bip_core.plan import make_plan
+    from bip_core.scoring import score
+    from bip_core.surgery import prune_model
+
+    model = random_model(tiny_config("llama", layers=4), seed=6)
+    scores = score(model, tokenizer, method="random")
+    plan = make_plan(scores, model, 0.6, allocation="global", allow_empty_attention=True)
+    pruned = prune_model(model, plan)
+    shapes = {(g["num_heads"], g["intermediate"]) for g in pruned.config.bip_layer_shapes}
+    assert len(shapes) > 1  # layers of different sizes
+    result = zeroshot(pruned, tokenizer, "bb_sports_understanding", limit=4, batch_size=2)
+    entry = result["tasks"]["bb_sports_understanding"]
+    assert entry["n"] == 4 and 0 <= entry["value"] <= 1
+    acc, _ = _by_hand(pruned, tokenizer, "bb_sports_understanding", 4)
+    assert entry["acc"] == pytest.approx(acc)

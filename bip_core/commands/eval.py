@@ -41,6 +41,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _number(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _task_line(name: str, entry: dict) -> str:
+    stderr = f" +- {entry['stderr']:.4f}" if entry["stderr"] is not None else ""
+    chance = f"  chance {entry['chance']:.3f}" if entry["chance"] is not None else ""
+    return f"  {name:30s} {entry['metric']:8s} {_number(entry['value'])}{stderr}  n={entry['n']}{chance}"
+
+
 def _print_text(report: dict) -> None:
     model = report["model"]
     print(f"model: {model['spec']} ({model['family']}, {model['layers']} layers, {model['params']:,} params)")
@@ -51,19 +61,17 @@ def _print_text(report: dict) -> None:
               f"({ppl['seconds']:.1f} s)")
     zs = report.get("zeroshot")
     if zs:
-        for name, e in zs["tasks"].items():
-            print(f"  {name:30s} {e['metric']:8s} {e['value']:.4f} +- {e['stderr'] or 0:.4f}  n={e['n']}  "
-                  f"chance {e['chance']:.3f}" if e["chance"] is not None else
-                  f"  {name:30s} {e['metric']:8s} {e['value']:.4f}  n={e['n']}")
-        print(f"zero-shot average {zs['average']:.4f} (chance {zs['average_chance'] or 0:.3f}, {zs['seconds']} s)")
+        for name, entry in zs["tasks"].items():
+            print(_task_line(name, entry))
+        print(f"zero-shot average {_number(zs['average'])} (chance {_number(zs['average_chance'])}, {zs['seconds']} s)")
     sp = report.get("speed")
     if sp:
         print(f"params {sp['params']['total']:,} (attention+MLP {sp['params']['attention_mlp']:,}), "
               f"{sp['macs']['per_token'] / 1e6:.1f} MMACs/token at context {sp['macs']['context']}, "
               f"weights {sp['memory']['weight_bytes'] / 2**20:.1f} MiB, {sp['settings']['torch_threads']} threads")
         for t in sp["throughput"]:
-            print(f"  batch {t['batch_size']}: prefill {t['prefill_tokens_per_s']:.1f} tok/s, "
-                  f"decode {t['decode_tokens_per_s']:.1f} tok/s ({t['decode_ms_per_step']:.1f} ms/step)")
+            print(f"  batch {t['batch_size']}: prefill {_number(t['prefill_tokens_per_s'], 1)} tok/s, "
+                  f"decode {_number(t['decode_tokens_per_s'], 1)} tok/s ({_number(t['decode_ms_per_step'], 1)} ms/step)")
 
 
 def run(args) -> int:
