@@ -48,10 +48,10 @@ def build(settings: Settings | None = None, store=None) -> gr.Blocks:
                 m = model_card.build()
             with gr.Tab("2 · Score & tune", id="tune"):
                 with gr.Row(equal_height=False):
-                    with gr.Column(scale=1, min_width=340, elem_id="bip-sidebar"):
+                    with gr.Column(scale=2, min_width=380, elem_id="bip-sidebar"):
                         s = score_panel.build()
                         t = tune_panel.build_controls()
-                    with gr.Column(scale=3, elem_id="bip-main"):
+                    with gr.Column(scale=5, elem_id="bip-main"):
                         v = tune_panel.build_view()
             with gr.Tab("3 · Prune", id="prune") as prune_tab:
                 p = prune_panel.build()
@@ -102,8 +102,9 @@ def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
     s.method.change(score_panel.option_visibility, [s.method], s.options, queue=False, show_progress="hidden",
                     api_visibility="private")
     guarded(s.run, score_panel.run_score,
-            [session, s.method, s.source, s.samples, s.seq_len, s.unit, s.seed, *s.options], [s.status, status],
-            "score").success(after_score, [session], score_views, **LIGHT).success(
+            [session, s.method, s.source, s.samples, s.seq_len, s.unit, s.seed, *s.options],
+            [s.status, status, v.scores_info, v.scores_file], "score").success(
+        after_score, [session], score_views, **LIGHT).success(
         tune_panel.replan, plan_inputs, plan_outputs, **LIGHT).success(
         tune_panel.save_plan, [session], [v.plan_file], **LIGHT)
 
@@ -151,7 +152,7 @@ def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
                   api_visibility="private")
     guarded(c.ppl_run, compare_panel.run_perplexity, [session, c.ppl_source, c.ppl_windows], results, "perplexity")
     guarded(c.zs_run, compare_panel.run_zeroshot, [session, c.zs_tasks, c.zs_limit], results, "zeroshot")
-    guarded(c.speed_run, compare_panel.run_speed, [session], results, "speed")
+    guarded(c.speed_run, compare_panel.run_speed, [session, c.speed_batches], results, "speed")
 
     # 5 · Export
     export_tab.select(export_panel.export_info, [session], [e.info], **LIGHT)

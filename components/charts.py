@@ -1,6 +1,8 @@
 """Plotly charts of measurements (original vs pruned): perplexity, zero-shot accuracy, speed.
 
 Rows are plain dicts: {"model", "kind", "metric", "value", "detail", "chance"?, "better"?}."""
+import math
+
 import plotly.graph_objects as go
 
 from .heatmaps import _layout, empty_figure
@@ -31,8 +33,12 @@ def grouped_bars(rows: list[dict], kind: str, title: str, ytitle: str, log: bool
                                  marker=dict(symbol="line-ew-open", size=34, line=dict(width=3, color="#dc2626")),
                                  hovertemplate="%{x}<br>chance: %{y:.1%}<extra></extra>"))
     fig.update_layout(barmode="group", legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0, xanchor="left"))
-    fig.update_yaxes(title_text=ytitle, type="log" if log else "linear", tickformat=".0%" if percent else None,
-                     rangemode="tozero" if not log else None)
+    if log:  # bars start at 1 (log10 = 0), so their heights compare on the log scale
+        top = max(r["value"] for r in rows if r["value"] > 0)
+        fig.update_yaxes(type="log", range=[0, math.log10(top) * 1.15 + 0.05])
+    else:
+        fig.update_yaxes(rangemode="tozero", tickformat=".0%" if percent else None)
+    fig.update_yaxes(title_text=ytitle)
     return _layout(fig, title, 360)
 
 
@@ -48,4 +54,4 @@ def zeroshot_chart(rows):
 
 def speed_chart(rows):
     return grouped_bars(rows, "speed", "Speed on this machine (tokens per second, higher is better)", "tokens / s",
-                        empty="No speed measurements yet.")
+                        log=True, empty="No speed measurements yet.")

@@ -8,6 +8,7 @@ from bip_core.data import SOURCES
 from bip_core.generation import stream_generate
 from bip_core.offline_tasks import OFFLINE_TASKS
 from bip_core.perplexity import perplexity
+from bip_core.speed import measure_speed
 from bip_core.zeroshot import OFFLINE_DEFAULT, zeroshot
 
 from . import charts, texts
@@ -60,7 +61,8 @@ def build():
             gr.Markdown("### Perplexity", elem_classes=["bip-box-title"])
             ppl_source = gr.Dropdown(list(SOURCES), value="wiki-bb", label="Text")
             ppl_windows = gr.Slider(4, st.settings.max_windows, value=min(32, st.settings.max_windows), step=4,
-                                    label="Windows of 128 tokens", info="more = slower, less noisy")
+                                    label="Windows of 128 tokens", info="more = slower, less noisy",
+                                    elem_id="bip-ppl-windows")
             ppl_run = gr.Button("Quick perplexity", variant="primary", elem_id="bip-ppl-btn")
         with gr.Group(elem_classes=["bip-box"]):
             gr.Markdown("### Zero-shot (offline tasks)", elem_classes=["bip-box-title"])
@@ -70,8 +72,9 @@ def build():
             zs_run = gr.Button("Run zero-shot", variant="primary", elem_id="bip-zs-btn")
         with gr.Group(elem_classes=["bip-box"]):
             gr.Markdown("### Speed", elem_classes=["bip-box-title"])
-            gr.Markdown("Prefill and decode throughput, measured on this machine for both models.",
+            gr.Markdown("Prefill and decode throughput, measured now on this machine for both models.",
                         elem_classes=["bip-small"])
+            speed_batches = gr.Radio(["1", "1 and 8"], value="1", label="Batch sizes")
             speed_run = gr.Button("Measure speed", variant="primary", elem_id="bip-speed-btn")
     status = gr.Markdown("", elem_classes=["bip-status"])
     table = gr.Dataframe(headers=RESULT_HEADERS, value=[], interactive=False, wrap=True, label="Results",
@@ -85,7 +88,7 @@ def build():
     return SimpleNamespace(chat_original=chat_original, chat_pruned=chat_pruned, prompt=prompt, send=send,
                            clear=clear, max_new=max_new, temperature=temperature, gen_seed=gen_seed,
                            ppl_source=ppl_source, ppl_windows=ppl_windows, ppl_run=ppl_run, zs_tasks=zs_tasks,
-                           zs_limit=zs_limit, zs_run=zs_run, speed_run=speed_run, status=status, table=table,
+                           zs_limit=zs_limit, zs_run=zs_run, speed_batches=speed_batches, speed_run=speed_run, status=status, table=table,
                            ppl_plot=ppl_plot, zs_plot=zs_plot, speed_plot=speed_plot)
 
 
@@ -97,6 +100,8 @@ def _fmt_value(row) -> str:
         return "n/a"
     if row["kind"] == "zero-shot":
         return f"{v:.1%}"
+    if row["metric"] in ("parameters", "MACs per token"):
+        return f"{v / 1e6:.2f}M"
     return f"{v:.4g}"
 
 
@@ -182,31 +187,38 @@ def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progres
 
 
 @ui_errors
-def run_speed(session, request: gr.Request, progress=gr.Progress()):
+def run_speed(session, batches, request: gr.Request, progress=gr.Progress()):
+    """Measured prefill/decode throughput of both models now (same machine load), plus size rows."""
     attach(session, request)
-    try:
-        from bip_core.speed import measure_speed
-    except ImportError as err:
-        raise gr.Error("Speed measurement is not available in this version of bip_core.",
-                       print_exception=False) from err
     loaded, models = _models(session)
+    batch_sizes = (1, 8) if str(batches) == "1 and 8" else (1,)
     rows = []
     with heavy(session, "Speed measurement", progress, originals=[loaded.model]):
-        for k, (name, model) in enumerate(models):
-            progress(k / len(models), desc=f"Measuring the {name.split(':')[0]} model ...")
-            r = measure_speed(model, loaded.tokenizer)
+        for name, model in models:
+            r = measure_speed(model, loaded.tokenizer, batch_sizes=batch_sizes, new_tokens=16, repeats=2,
+                              progress=_reporter(progress, f"Speed of the {name.split(':')[0]} model"))
             rows += speed_rows(name, r)
     _add(session, rows)
-    return ("Speed measured.", *results_view(session))
+    return ("Speed measured (median of 2 runs, 128-token prompt, 16 new tokens).", *results_view(session))
 
 
 def speed_rows(name: str, r: dict) -> list[dict]:
-    """Rows from measure_speed's dict: every throughput it reports, plus parameters."""
+    """Rows from measure_speed: throughput per batch size (charted), and size (table only)."""
+    threads = r.get("settings", {}).get("torch_threads")
     rows = []
-    for key, value in r.items():
-        if isinstance(value, (int, float)) and ("per_second" in key or key.endswith("tok_s")):
-            rows.append({"model": name, "kind": "speed", "metric": key.replace("_", " "), "value": float(value),
-                         "detail": ""})
+    for t in r["throughput"]:
+        b = t["batch_size"]
+        for phase in ("prefill", "decode"):
+            value = t.get(f"{phase}_tokens_per_s")
+            rows.append({"model": name, "kind": "speed", "metric": f"{phase} tokens/s, batch {b}", "value": value,
+                         "detail": f"median {t[f'{phase}_seconds']:.3f} s per run, {threads} threads"})
+    rows.append({"model": name, "kind": "size", "metric": "parameters", "value": r["params"]["total"],
+                 "detail": f"attention+MLP {r['params']['attention_mlp'] / 1e6:.1f}M"})
+    rows.append({"model": name, "kind": "size", "metric": "MACs per token", "value": r["macs"]["per_token"],
+                 "detail": f"at context {r.get('settings', {}).get('prompt_len')}"})
+    rows.append({"model": name, "kind": "size", "metric": "weight memory (MiB)",
+                 "value": r["memory"]["weight_bytes"] / 2**20,
+                 "detail": f"KV cache {r['memory']['kv_cache_bytes_per_token'] / 1024:.1f} KiB per token"})
     return rows
 
 

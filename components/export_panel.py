@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from bip_core.default_model import DEFAULT_NAME
 from bip_core.export import export_model
 
 from . import texts
@@ -50,7 +51,8 @@ def run_export(session, request: gr.Request, progress=gr.Progress()):
     pruned = require_pruned(session)
     loaded = session.loaded
     s = session.pruned_summary or {}
-    name = _slug(f"{Path(loaded.spec).name}-bip-{s.get('removed_attention_mlp', 0):.0%}-{s.get('allocation', '')}"
+    base = DEFAULT_NAME if loaded.spec == "default" else Path(loaded.spec.rstrip("/")).name
+    name = _slug(f"{base}-bip-{s.get('removed_attention_mlp', 0):.0%}-{s.get('allocation', '')}"
                  .replace("%", "pct"))
     root = session.tmp_dir()
     with heavy(session, "Export", progress):

@@ -125,8 +125,8 @@ def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: s
     widths = [0.14, 0.68, 0.18] if show_removed else [0.16, 0.84]
     fig = make_subplots(rows=1, cols=cols, shared_yaxes=True, column_widths=widths, horizontal_spacing=0.025,
                         subplot_titles=[f"Attention ({unit}s)",
-                                        f"MLP channels ({'sorted by score, binned' if order == 'sorted' else 'by index, bin max'})",
-                                        "Removed by plan"][:cols])
+                                        f"MLP channels ({'sorted, binned' if order == 'sorted' else 'by index, bin max'})",
+                                        ""][:cols])
     y = list(range(n_layers))
 
     # Attention: one cell per unit.
@@ -140,11 +140,14 @@ def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: s
             text[i][u] = "✕" if gone else ""
             hover[i][u] = (f"layer {i}, {unit} {u}<br>score {a[u]:.4g}"
                            + ("<br><b>removed</b>" if gone else ("<br>kept" if show_removed else "")))
-    lo, hi = np.nanpercentile(np.concatenate([z[np.isfinite(z)]] + [_log10(m, floor) for m in mlp]), [1, 99.5])
     z = np.round(z, 3)
+    att_lo, att_hi = float(np.nanmin(z)), float(np.nanmax(z))
+    if att_hi - att_lo < 1e-6:
+        att_lo, att_hi = att_lo - 0.5, att_hi + 0.5
+    mlp_lo, mlp_hi = np.percentile(np.concatenate([_log10(m, floor) for m in mlp]), [0.5, 99.8])
     fig.add_trace(go.Heatmap(z=z, x=[f"{u}" for u in range(n_units)], y=y, text=text, texttemplate="%{text}",
                              textfont=dict(color="white", size=14), customdata=hover,
-                             hovertemplate="%{customdata}<extra></extra>", coloraxis="coloraxis",
+                             hovertemplate="%{customdata}<extra></extra>", coloraxis="coloraxis2",
                              xgap=2, ygap=1), row=1, col=1)
 
     # MLP: binned channels, with an overlay of the removed share of each bin.
@@ -171,7 +174,7 @@ def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: s
         zr = np.array([np.pad(np.where(r > 0, np.round(r, 3), np.nan), (0, width - len(r)), constant_values=np.nan)
                        for r in zr], dtype=np.float32)
         fig.add_trace(go.Heatmap(z=zr, y=y, zmin=0, zmax=1, showscale=False, hoverinfo="skip",
-                                 colorscale=[[0, REMOVED_RGBA.format(a=0.35)], [1, REMOVED_RGBA.format(a=0.8)]]),
+                                 colorscale=[[0, REMOVED_RGBA.format(a=0.15)], [1, REMOVED_RGBA.format(a=0.5)]]),
                       row=1, col=2)
         # Share removed per layer: attention and MLP parameters of that layer.
         att_frac = [len(removed[i][0]) / max(1, att[i].size) for i in range(n_layers)]
@@ -182,11 +185,14 @@ def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: s
                              hovertemplate="layer %{y}: %{x:.0%} of MLP channels removed<extra></extra>"), row=1, col=3)
         fig.update_xaxes(range=[0, 1], tickformat=".0%", nticks=3, row=1, col=3)
         fig.update_layout(barmode="group", bargap=0.15, bargroupgap=0.0,
-                          legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom",
-                                      font=dict(size=11)))
-    fig.update_layout(coloraxis=dict(colorscale=COLORSCALE, cmin=float(lo), cmax=float(hi),
-                                     colorbar=dict(title=dict(text="log10<br>score", side="top"),
-                                                   thickness=12, len=0.6, y=0.5, x=1.01)))
+                          legend=dict(orientation="h", x=1, xanchor="right", y=-0.045, yanchor="top",
+                                      font=dict(size=11), title=dict(text="removed:")))
+    bar = dict(thickness=12, len=0.42, x=1.01, xanchor="left", tickfont=dict(size=10))
+    fig.update_layout(
+        coloraxis=dict(colorscale=COLORSCALE, cmin=float(mlp_lo), cmax=float(mlp_hi),
+                       colorbar=dict(title=dict(text="MLP<br>log10", side="top"), y=0.0, yanchor="bottom", **bar)),
+        coloraxis2=dict(colorscale=COLORSCALE, cmin=att_lo, cmax=att_hi,
+                        colorbar=dict(title=dict(text="attention<br>log10", side="top"), y=1.0, yanchor="top", **bar)))
     fig.update_xaxes(showticklabels=True, title_text=unit, row=1, col=1)
     fig.update_xaxes(showticklabels=False, title_text="most important  →  least important"
                      if order == "sorted" else "channel index  →", row=1, col=2)

@@ -1,8 +1,11 @@
 """Step 1: pick and load a model; show its architecture card."""
 import html
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+
+from bip_core.default_model import DEFAULT_NAME
 
 from . import status_bar, texts
 from .context import attach, studio
@@ -42,7 +45,9 @@ def card_html(info: dict | None) -> str:
               "the prunable part: attention and MLP weights of all layers"),
     ]
     note = info.get("note") or ""
-    title = html.escape(str(info.get("spec")))
+    spec = str(info.get("spec"))
+    name = DEFAULT_NAME if spec == "default" else Path(spec.rstrip("/")).name or spec
+    title = html.escape(name) + (f' <span class="bip-muted">({html.escape(spec)})</span>' if name != spec else "")
     return (f'<div class="bip-card"><div class="bip-card-title">{title}'
             f'<span class="bip-badge">{html.escape(attention)}</span></div>'
             f'<div class="bip-tiles">{"".join(tiles)}</div>'
@@ -54,13 +59,13 @@ def build():
     choices = st.store.choices()
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=False, elem_id="bip-load-row"):
                 spec = gr.Dropdown(choices=choices, value=choices[0], label="Model",
                                    allow_custom_value=not st.settings.public, scale=4,
                                    info=("Pick one of the models this server offers." if st.settings.public else
                                          "'default' (SmolLM2-135M-Instruct, offline), a local folder, "
                                          "or a Hub id such as org/name (needs internet)."))
-                load = gr.Button("Load model", variant="primary", scale=1, min_width=140)
+                load = gr.Button("Load model", variant="primary", scale=1, min_width=140, elem_id="bip-load-btn")
             card = gr.HTML(card_html(None), elem_id="bip-model-card")
         with gr.Column(scale=2, min_width=300):
             gr.Markdown(texts.MODEL, elem_classes=["bip-teach"])

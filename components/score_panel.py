@@ -80,8 +80,9 @@ def build():
                              label="Calibration text")
         with gr.Row():
             samples = gr.Slider(8, st.settings.max_samples, value=min(64, st.settings.max_samples), step=8,
-                                label="Samples", info="windows of calibration text")
-            seq_len = gr.Dropdown(SEQ_LENS, value=128, label="Tokens per sample", min_width=120)
+                                label="Samples", info="windows of calibration text", scale=3,
+                                elem_id="bip-samples")
+            seq_len = gr.Dropdown(SEQ_LENS, value=128, label="Tokens each", min_width=100, scale=1)
         with gr.Accordion("Options", open=False):
             options = []
             for m, key, choices, default in option_specs():
@@ -136,7 +137,7 @@ def run_score(request: gr.Request, progress=gr.Progress(), *values):
     if meta.get("peak_memory_bytes"):
         took += f", peak memory {meta['peak_memory_bytes'] / 2**20:.0f} MiB"
     msg = f"**{label}** scored in {took}. Kept for comparison: {len(session.scores)} run(s)."
-    return msg, status_bar.render(session)
+    return msg, status_bar.render(session), scores_info(scores), save_scores(session)
 
 
 def save_scores(session):

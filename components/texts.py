@@ -71,17 +71,19 @@ head included) and how many remain: papers mix these up. LLM-Pruner's "20%", for
 """
 
 ALLOCATION = """\
-**Allocation**: *uniform* removes the same share in every layer (optionally skipping the first and
-last layers); *global* ranks all units of all blocks together (scores divided by the block's output
-size, per parameter), so sensitive blocks keep more; *manual* is whatever the per-layer sliders say.
-Moving a per-layer slider switches to manual. Every layer keeps at least one attention unit unless
-you allow removing whole attention sub-blocks.
+**Allocation**: *uniform* removes the same share of parameters in every layer (optionally skipping the
+first and last layers); *global (BIP ranking)* ranks all units and channels of all blocks together
+by score / block output size / parameters, so blocks whose output barely changes give up more;
+*global, standardised (FLAP)* standardises scores per layer first (FLAP's allocation); *manual* is
+whatever the per-layer sliders say, and moving a slider switches to it. Every layer keeps at least
+one attention unit unless you allow removing whole attention sub-blocks.
 """
 
 OVERLAY = """\
-The plan is recomputed from the scores on every change (no re-scoring). Removed units are hatched
-in the heatmaps; the MLP map sorts each layer's channels by score (most important on the left) and
-averages them in bins so every channel counts.
+The plan is recomputed from the scores on every change (no re-scoring). What it removes is shaded
+red (attention units also get a ✕); the bars on the right show each layer's removed share. The MLP
+map sorts each layer's channels by score (most important on the left) and averages them in small
+bins, so every channel stays visible however wide the MLP is; hover for exact values.
 """
 
 PRUNE = """\

@@ -97,9 +97,10 @@ def build_controls():
         with gr.Row():
             skip_first = gr.Slider(0, 8, value=0, step=1, label="Skip first layers")
             skip_last = gr.Slider(0, 8, value=0, step=1, label="Skip last layers")
-        with gr.Row():
-            round_to = gr.Dropdown(ROUND_CHOICES, value=1, label="Round kept channels to", min_width=120)
-            allow_empty = gr.Checkbox(False, label="Allow removing whole attention sub-blocks")
+        round_to = gr.Dropdown(ROUND_CHOICES, value=1, label="Round kept MLP channels to a multiple of",
+                               info="multiples of 8 or 64 run faster on some hardware")
+        allow_empty = gr.Checkbox(False, label="Allow removing whole attention sub-blocks",
+                                  info="otherwise every layer keeps at least one attention unit")
     with gr.Accordion("Ratios and allocation, explained", open=False):
         gr.Markdown(texts.RATIO + "\n\n" + texts.ALLOCATION, elem_classes=["bip-teach"])
     return SimpleNamespace(presets=presets, ratio=ratio, allocation=allocation, skip_first=skip_first,
@@ -248,6 +249,11 @@ def render_editor(spec, on_edit):
                 "Moving one switches the allocation to *manual* and recomputes the plan at once.",
                 elem_classes=["bip-small"])
     sliders = []
+    with gr.Row(elem_classes=["bip-layer-row", "bip-layer-head"], equal_height=True):
+        gr.HTML('<div class="bip-layer-name">layer</div>', elem_classes=["bip-layer-cell"], padding=False)
+        gr.HTML(f"<div>{spec['unit']}s removed (of {max(spec['units'])})</div>", scale=2, min_width=120,
+                padding=False)
+        gr.HTML("<div>MLP channels removed (%)</div>", scale=3, min_width=160, padding=False)
     with gr.Column(elem_classes=["bip-layer-grid"]):
         for i, (units, a, m) in enumerate(zip(spec["units"], spec["att"], spec["mlp"])):
             with gr.Row(elem_classes=["bip-layer-row"], equal_height=True):

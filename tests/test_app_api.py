@@ -1,0 +1,159 @@
+"""The launched app, driven with gradio_client: load -> score -> plan -> prune -> compare -> export on
+the default model, plus bad input (unknown model, empty prompt, a ratio that empties a layer, a
+second click while a job runs), per-session isolation and the cleanup of idle sessions."""
+import json
+import math
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client  # noqa: E402
+from gradio_client.utils import Status  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+PLAN_DEFAULTS = dict(skip_first=0, skip_last=0, round_to=1, allow_empty=False, ratios_json="", order="sorted",
+                     overlay=True)
+
+
+@pytest.fixture(scope="module")
+def served():
+    from app_server import launch
+
+    url, studio, demo = launch()
+    yield url, studio
+    demo.close()
+
+
+def _client(url) -> Client:
+    return Client(url, verbose=False, download_files=True)
+
+
+def _plan(client, ratio=0.2, allocation="uniform", **kw):
+    args = {**PLAN_DEFAULTS, **kw}
+    return client.predict(ratio, allocation, args["skip_first"], args["skip_last"], args["round_to"],
+                          args["allow_empty"], args["ratios_json"], args["order"], args["overlay"],
+                          api_name="/make_plan")
+
+
+def _load_and_score(client, samples=8, seq_len=64):
+    client.predict("default", api_name="/load_model")
+    return client.predict("bip", "wiki-bb", samples, seq_len, "auto", 0, api_name="/score")
+
+
+def test_full_flow(served, tmp_path):
+    from bip_core.loading import load_model
+    from bip_core.scores import Scores
+
+    url, _ = served
+    client = _client(url)
+    card, strip = client.predict("default", api_name="/load_model")
+    assert "GQA" in card and "134.5M" in strip
+
+    status, strip, info, scores_file = client.predict("bip", "wiki-bb", 8, 64, "auto", 0, api_name="/score")
+    assert "LLM-BIP" in status and "scored" in status
+    assert info["layers"] == 30
+    assert info["attention_units_per_layer"] == [3] * 30 and info["mlp_channels_per_layer"] == [1536] * 30
+    scores = Scores.load(scores_file)
+    assert len(scores.layers) == 30
+    assert all(len(layer["attention"]) == 3 and len(layer["mlp"]) == 1536 for layer in scores.layers)
+    assert scores.meta["samples"] == 8 and scores.meta["seq_len"] == 64
+
+    readout, figure, summary, ratios, strip = _plan(client, 0.2)
+    assert "20.0%" in readout and summary["removed_attention_mlp"] == pytest.approx(0.2, abs=0.005)
+    assert summary["params_after"] < summary["params_before"]
+    assert len(json.loads(ratios)) == 30
+
+    msg, table, details, plan_info, strip = client.predict(False, api_name="/prune")
+    assert details["params_after"] == summary["params_after"] < summary["params_before"]
+    assert "pruned #1" in msg
+
+    status, table, *_ = client.predict("wiki-bb", 4, api_name="/perplexity")
+    rows = table["data"]
+    assert [r[0] for r in rows][:1] == ["original"] and rows[1][0].startswith("pruned #1")
+    for row in rows:
+        assert "perplexity wiki-bb test (4 x 128)" == row[1] and math.isfinite(float(row[2]))
+
+    original, pruned, prompt = client.predict("What is the capital of France?", 12, 0.0, 0, [], [],
+                                              api_name="/chat")
+    assert original[-1]["role"] == "assistant" and "Paris" in str(original[-1]["content"])
+    assert pruned[-1]["role"] == "assistant" and prompt == ""
+
+    info_md, archive, listing = client.predict(api_name="/export")
+    names = [r[0] for r in listing["data"]]
+    assert "model.safetensors" in names and "bip_plan.json" in names
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp_path)
+    folder = next(p for p in Path(tmp_path).iterdir() if p.is_dir())
+    reloaded = load_model(str(folder))
+    from bip_core.architecture import count_params
+    assert count_params(reloaded.model)["total"] == summary["params_after"]
+
+
+def test_bad_input_gives_messages_and_app_keeps_working(served):
+    url, _ = served
+    client = _client(url)
+    readout, *_ = _plan(client, 0.2)
+    assert "Load a model" in readout  # a plan before anything: a hint, not an error
+    with pytest.raises(Exception, match="Load a model first"):
+        client.predict("bip", "wiki-bb", 8, 64, "auto", 0, api_name="/score")
+    with pytest.raises(Exception, match="not found"):
+        client.predict("no/such/model/anywhere", api_name="/load_model")
+    _load_and_score(client)
+    with pytest.raises(Exception, match="impossible"):
+        _plan(client, 0.9, "uniform", skip_first=8, skip_last=8)
+    empties_layer_0 = json.dumps([[1.0, 0.2]] + [[0.0, 0.2]] * 29)
+    with pytest.raises(Exception, match="removes all 3 attention units"):
+        _plan(client, 0.2, "manual", ratios_json=empties_layer_0)
+    with pytest.raises(Exception, match="JSON list of 30"):
+        _plan(client, 0.2, "manual", ratios_json="[1, 2")
+    with pytest.raises(Exception, match="Type a prompt"):
+        client.predict("   ", 8, 0.0, 0, [], [], api_name="/chat")
+    with pytest.raises(Exception, match="Prune the model first"):
+        client.predict(api_name="/export")
+    # Still working after all that:
+    readout, _, summary, *_ = _plan(client, 0.3, "global")
+    assert summary["removed_attention_mlp"] == pytest.approx(0.3, abs=0.01)
+
+
+def test_second_click_while_a_job_runs(served):
+    url, _ = served
+    client = _client(url)
+    client.predict("default", api_name="/load_model")
+    job = client.submit("bip", "wiki-bb", 48, 128, "auto", 0, api_name="/score")
+    deadline = time.time() + 60
+    while job.status().code not in (Status.PROCESSING, Status.PROGRESS) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    with pytest.raises(Exception, match="still running"):
+        client.predict("bip", "wiki-bb", 8, 64, "auto", 0, api_name="/score")
+    status, *_ = job.result(timeout=120)
+    assert "scored" in status
+    status, *_ = client.predict("magnitude", "wiki-bb", 8, 64, "auto", 0, api_name="/score")
+    assert "Magnitude" in status
+
+
+def test_sessions_are_isolated_and_idle_ones_are_freed(served):
+    url, studio = served
+    a, b = _client(url), _client(url)
+    _load_and_score(a)
+    _plan(a, 0.2)
+    a.predict(False, api_name="/prune")
+    with pytest.raises(Exception, match="Load a model first"):
+        b.predict(False, api_name="/prune")  # b never sees a's pruned model
+    b.predict("default", api_name="/load_model")
+    with pytest.raises(Exception, match="Score the model first"):
+        b.predict(False, api_name="/prune")
+    registry = studio.registry
+    assert len(registry) >= 2
+    freed = registry.sweep(now=time.time() + registry.ttl + 1)
+    assert freed >= 2
+    with pytest.raises(Exception, match="idle and its models were freed"):
+        a.predict(False, api_name="/prune")
+    assert studio.store.loaded_specs() == ["default"]  # the shared original stays loaded
