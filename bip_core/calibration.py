@@ -56,7 +56,7 @@ class RunningMoments:
     def _scatter(self, d: torch.Tensor) -> torch.Tensor:  # d: [..., tokens, features]
         if self.covariance:
             return d.transpose(-1, -2) @ d
-        return torch.linalg.vector_norm(d, dim=-2) ** 2
+        return (d * d).sum(-2)
 
     def add(self, x: torch.Tensor) -> None:
         x = x.float()
@@ -149,7 +149,7 @@ class _Hooks:
                 x = output if use_output else args[0]
                 if isinstance(x, tuple):
                     x = x[0]
-                feed(x.detach().reshape(-1, x.shape[-1]))  # [batch, seq, f] -> [tokens, f]
+                feed(x.detach().flatten(0, -2))  # [batch, seq, f] -> [tokens, f]
         self.handles.append(module.register_forward_hook(hook))
 
     def after(self, module, call: Callable[[], None]) -> None:

@@ -346,3 +346,30 @@ def test_cli_score(saved_tiny, tmp_path, capsys):
     assert "Unknown scoring method 'nope'" in capsys.readouterr().err
     assert cli_main(["score", "--model", str(saved_tiny), "--samples", "1", "--seq-len", "4", "--out", str(out)]) == 2
     assert "Too few calibration tokens" in capsys.readouterr().err
+
+
+# ---- pruned models: layers of different widths, an attention sub-block removed entirely -----------
+def test_scoring_a_pruned_model(gqa_model, tokenizer):
+    from bip_core.plan import make_plan
+    from bip_core.surgery import prune_model
+
+    magnitude = score(gqa_model, tokenizer, "magnitude")
+    plan = make_plan(magnitude, gqa_model, None, allocation="manual", allow_empty_attention=True,
+                     layer_ratios=[(1.0, 0.25), (0.5, 0.5), (0.0, 0.0)])
+    pruned = prune_model(gqa_model, plan)
+    geometry = model_geometry(pruned)
+    assert [g.num_kv_heads for g in geometry] == [0, 1, 2]
+    for method in METHODS:
+        scores = score(pruned, tokenizer, method, **CALIBRATION)
+        assert [len(layer["attention"]) for layer in scores.layers] == [0, 1, 2], method
+        assert [len(layer["mlp"]) for layer in scores.layers] == [g.intermediate for g in geometry], method
+        scores.check_matches(pruned)
+        json.dumps(scores.to_dict(), allow_nan=False)  # savable: no NaN anywhere
+    # the channel scores of the emptied layer are still exact block-output changes
+    bip = score(pruned, tokenizer, "bip", **CALIBRATION)
+    x, kwargs = block_inputs(pruned, tokenizer, 0, CALIBRATION["samples"], CALIBRATION["seq_len"], 0)
+    block = Block64(pruned, 0, x, kwargs)
+    y, _ = block.run()
+    for j in channels_to_check(bip.layers[0]["mlp"]):
+        y_cut, _ = block.without("down_proj", [j])
+        assert mean_norm(y - y_cut) == pytest.approx(bip.layers[0]["mlp"][j], rel=1e-4)

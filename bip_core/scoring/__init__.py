@@ -68,8 +68,8 @@ def _unit(model, unit: str | None) -> str:
         unit = "kv_group" if any(g.n_rep > 1 for g in geometries) else default_unit(geometries[0])
     for i, g in enumerate(geometries):
         try:
-            g.num_units(unit)
-            g.unit_heads(unit, 0)
+            if g.num_units(unit):  # a layer may have no attention left
+                g.unit_heads(unit, 0)
         except ValueError as err:
             raise ScoresError(f"Layer {i}: {err}.") from err
     return unit

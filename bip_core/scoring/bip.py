@@ -37,7 +37,7 @@ class Stats(LayerStats):
         super().__init__(model, index, unit, options, seed)
         g = self.geometry
         self.units = g.num_units(unit)
-        self.unit_width = len(g.unit_heads(unit, 0)[0]) * g.head_dim  # channels per unit
+        self.unit_width = len(g.unit_heads(unit, 0)[0]) * g.head_dim if self.units else 0  # channels per unit
         order = unit_query_heads(g, unit)
         self.head_order = None if order == list(range(g.num_heads)) else torch.tensor(order)
         self.gram = None  # [units, unit_width, unit_width]
@@ -65,6 +65,8 @@ class Stats(LayerStats):
 
     def on_o_input(self, z):
         super().on_o_input(z)
+        if not self.units:  # attention pruned away
+            return
         z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
         if self.centred:
             self.unit_moments.add(z_units)
@@ -80,9 +82,9 @@ class Stats(LayerStats):
         if aggregation == "std":
             self.channel_moments.add(m)
         elif aggregation == "mean_abs":
-            self.add("abs_m", torch.linalg.vector_norm(m.float(), ord=1, dim=0))  # sum_t |m_tj|
+            self.add("abs_m", m.float().abs().sum(0))  # sum_t |m_tj|
         else:
-            self.add("squared_m", torch.linalg.vector_norm(m.float(), dim=0) ** 2)  # sum_t m_tj^2
+            self.add("squared_m", (m.float() ** 2).sum(0))  # sum_t m_tj^2
 
     # ---- L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens ------------------------------------------
     def on_mlp_input(self, h):
@@ -105,20 +107,27 @@ class Stats(LayerStats):
             return 0.0
         return torch.quantile(torch.cat(self.lipschitz_ratios), self.options["lipschitz_quantile"]).item()
 
+    def unit_change(self) -> torch.Tensor:  # [units]
+        if not self.units:  # attention pruned away
+            return torch.zeros(0)
+        if self.centred:  # sqrt(mean_t ||delta_tg - mean_t delta_tg||^2) = sqrt(trace(G_g Cov(z_g)))
+            gram = self.unit_grams("cpu").cpu()
+            return (gram * self.unit_moments.variance()).sum((1, 2)).clamp_min(0).sqrt()
+        return self.mean("delta_norm")  # mean_t ||delta_tg||
+
+    def channel_activity(self) -> torch.Tensor:  # [intermediate]
+        aggregation = self.options["aggregation"]
+        if aggregation == "std":
+            return self.channel_moments.variance().sqrt()  # std_t(m_tj)
+        if aggregation == "mean_abs":
+            return self.mean("abs_m")  # mean_t |m_tj|
+        return self.mean("squared_m").sqrt()  # rms_t(m_tj)
+
     def finish(self):
         out = super().finish()
         lipschitz = self.lipschitz()
-        column_norm = weight(self.parts.down_proj).norm(dim=0).cpu()  # ||W_down[:, j]||  [intermediate]
-        if self.centred:
-            gram = self.unit_grams("cpu").cpu()
-            unit_var = (gram * self.unit_moments.variance()).sum((1, 2))  # mean_t ||delta_tg - mean||^2
-            unit_change = unit_var.clamp_min(0).sqrt()
-            channel_activity = self.channel_moments.variance().sqrt()  # std_t(m_tj)
-        else:
-            unit_change = self.mean("delta_norm")  # mean_t ||delta_tg||
-            channel_activity = (self.mean("abs_m") if self.options["aggregation"] == "mean_abs"
-                                else self.mean("squared_m").sqrt())  # mean_t |m_tj| or rms_t m_tj
-        out["attention"] = (1 + lipschitz) * unit_change
-        out["mlp"] = column_norm * channel_activity
+        column_norm = weight(self.parts.down_proj).norm(dim=0).cpu()  # ||W_down[:, j]||_2  [intermediate]
+        out["attention"] = (1 + lipschitz) * self.unit_change()
+        out["mlp"] = column_norm * self.channel_activity()
         out["lipschitz"] = lipschitz
         return out

@@ -26,6 +26,13 @@ DEFAULTS: dict = {}
 CHOICES: dict = {}
 
 
+def mean_and_std(scores) -> list[float]:
+    """[mean, unbiased std] of a layer's channel scores ([0, 0] where there are too few)."""
+    if scores.numel() < 2:
+        return [scores.sum().item(), 0.0]
+    return [scores.mean().item(), scores.std().item()]
+
+
 class Stats(LayerStats):
     def __init__(self, model, index, unit, options, seed):
         super().__init__(model, index, unit, options, seed)
@@ -46,6 +53,5 @@ class Stats(LayerStats):
         o_score = o_wifv ** 2  # [heads*head_dim]
         out["attention"] = per_unit(o_score, self.geometry, self.unit, reduce="mean")
         out["mlp"] = down_wifv
-        out["standardisation"] = {"attention": [o_score.mean().item(), o_score.std().item()],
-                                  "mlp": [down_wifv.mean().item(), down_wifv.std().item()]}
+        out["standardisation"] = {"attention": mean_and_std(o_score), "mlp": mean_and_std(down_wifv)}
         return out

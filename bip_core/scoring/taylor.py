@@ -66,9 +66,10 @@ class Stats(LayerStats):
         parts = self.parts
 
         def salience(linear):  # S = W * dL/dW  [out, in]
-            if linear.weight.grad is None:
+            w, grad = weight(linear).cpu(), linear.weight.grad
+            if grad is None and w.numel():
                 raise ScoresError("taylor found no gradients: the calibration pass did not run backward.")
-            return weight(linear).cpu() * linear.weight.grad.detach().float().cpu()
+            return w * (grad.detach().float().cpu() if grad is not None else 0)  # no grad: a zero-size weight
 
         def reduce(linear, dim):  # per output channel (dim=1, rows) or input channel (dim=0, columns)
             s = salience(linear)

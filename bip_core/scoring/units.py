@@ -22,7 +22,9 @@ def unit_channels(geometry: LayerGeometry, unit: str) -> tuple[torch.Tensor, tor
         q_heads, kv_heads = geometry.unit_heads(unit, u)
         q.append(head_channels(q_heads, geometry.head_dim))
         kv.append(head_channels(kv_heads, geometry.head_dim))
-    return torch.tensor(q, dtype=torch.long), torch.tensor(kv, dtype=torch.long).reshape(len(kv), -1)
+    width = len(q[0]) if q else 0, len(kv[0]) if kv else 0  # a layer can have no attention left
+    return (torch.tensor(q, dtype=torch.long).reshape(len(q), width[0]),
+            torch.tensor(kv, dtype=torch.long).reshape(len(kv), width[1]))
 
 
 def unit_query_heads(geometry: LayerGeometry, unit: str) -> list[int]:

@@ -30,11 +30,11 @@ def column_scores(linear, squared_input_norm: torch.Tensor) -> torch.Tensor:
 class Stats(LayerStats):
     def on_o_input(self, z):
         super().on_o_input(z)
-        self.add("o_input_sq", torch.linalg.vector_norm(z.float(), dim=0) ** 2)  # ||X_j||^2
+        self.add("o_input_sq", (z.float() ** 2).sum(0))  # ||X_j||^2
 
     def on_down_input(self, m):
         super().on_down_input(m)
-        self.add("down_input_sq", torch.linalg.vector_norm(m.float(), dim=0) ** 2)
+        self.add("down_input_sq", (m.float() ** 2).sum(0))
 
     def finish(self):
         out = super().finish()

@@ -1,0 +1,156 @@
+"""Cost of scoring on the default model: wall time and peak memory of LLM-BIP next to a plain decoder
+forward pass over the same calibration tokens and next to every baseline.
+
+    .venv/bin/python benchmarks/score_cost.py [--samples 64] [--seq-len 128] [--batch-size 8]
+        [--methods "bip,flap,..."] [--repeat 2] [--threads 1] [--json out.json]
+
+Every measurement runs in a fresh process (model loaded, calibration text tokenized, one warm-up
+call), so its peak memory is its own. Times are wall-clock and process-CPU seconds of the work
+itself; on a shared machine CPU seconds with one thread are the steadier figure (with several
+threads, waiting OpenMP threads spin and inflate CPU time). With --repeat > 1 the plain forward, the
+bare hooks and BIP run alternately and the best of each is shown. Peak memory is what
+bip_core.memory.PeakMemory measures: on CPU the process's peak resident set during the work
+(weights, torch and Python included); "+MiB" is the part above the level at its start.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {  # label -> (method, options); "plain forward" and "hooks only" are the yardsticks
+    "plain forward": (None, {}),
+    "hooks only": (None, {}),
+    "bip": ("bip", {}),
+    "bip (L = 0)": ("bip", {"lipschitz": "zero"}),
+    "bip (std)": ("bip", {"aggregation": "std"}),
+    "flap": ("flap", {}),
+    "wanda-sp": ("wanda-sp", {}),
+    "taylor": ("taylor", {}),
+    "magnitude": ("magnitude", {}),
+    "random": ("random", {}),
+}
+ALTERNATED = ("plain forward", "hooks only", "bip")
+
+
+def measure(label: str, samples: int, seq_len: int, batch_size: int) -> dict:
+    """One measurement in this process."""
+    import torch
+
+    from bip_core.calibration import LayerStats, run_calibration
+    from bip_core.data import calibration_windows
+    from bip_core.loading import load_model
+    from bip_core.memory import PeakMemory
+    from bip_core.scoring import score
+
+    class Nothing(LayerStats):  # statistics that keep nothing: the driver's hooks alone
+        def on_o_input(self, z):
+            pass
+
+        def on_down_input(self, m):
+            pass
+
+        def on_block_output(self, y):
+            pass
+
+    loaded = load_model("default")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    input_ids = calibration_windows(tokenizer, "wiki-bb", samples, seq_len, 0)
+    with torch.no_grad():  # warm-up: first-call allocations and kernel selection
+        model.model(input_ids=input_ids[:2, :16], use_cache=False)
+    method, options = VARIANTS[label]
+
+    def work():
+        if label == "plain forward":
+            with torch.no_grad():
+                for batch in torch.split(input_ids, batch_size):
+                    model.model(input_ids=batch, use_cache=False)
+        elif label == "hooks only":
+            stats = [Nothing(model, i, "kv_group", {}, 0) for i in range(len(model.model.layers))]
+            run_calibration(model, input_ids, stats, batch_size=batch_size)
+        else:
+            score(model, tokenizer, method, samples=samples, seq_len=seq_len, batch_size=batch_size, **options)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    with PeakMemory() as memory:
+        work()
+    return {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+            "threads": torch.get_num_threads(), **memory.result()}
+
+
+def in_fresh_process(label: str, args) -> dict:
+    command = [sys.executable, __file__, "--only", label, "--samples", str(args.samples), "--seq-len",
+               str(args.seq_len), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{label} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--methods", default=",".join(v for v in VARIANTS if v not in ALTERNATED[:2]),
+                        help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of plain forward / hooks / bip (best shown)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady CPU times)")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one measurement
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print("RESULT " + json.dumps(measure(args.only, args.samples, args.seq_len, args.batch_size)), flush=True)
+        return 0
+    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in labels if m not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(VARIANTS)}")
+
+    tokens = args.samples * args.seq_len
+    print(f"default model, {args.samples} x {args.seq_len} = {tokens} tokens, batch {args.batch_size}, "
+          f"{args.threads} torch thread(s), {os.cpu_count()} CPUs", flush=True)
+    results: dict[str, dict] = {}
+
+    def run(label):
+        result = in_fresh_process(label, args)
+        if label not in results or result["seconds"] < results[label]["seconds"]:
+            results[label] = result
+        print(f"  {label:<16} {result['seconds']:8.2f} s wall {result['cpu_seconds']:8.2f} s CPU", flush=True)
+
+    for _ in range(max(1, args.repeat)):
+        for label in ALTERNATED:
+            if label in labels or label != "bip":
+                run(label)
+    for label in labels:
+        if label not in ALTERNATED:
+            run(label)
+
+    plain, plain_cpu = results["plain forward"]["seconds"], results["plain forward"]["cpu_seconds"]
+    mib = 2 ** 20
+    print(f"\n{'':<16} {'wall s':>8} {'x plain':>8} {'CPU s':>8} {'x plain':>8} {'peak MiB':>9} {'+MiB':>7}")
+    for label, r in results.items():
+        extra = (r["peak_memory_bytes"] - r["memory_at_start_bytes"]) / mib
+        print(f"{label:<16} {r['seconds']:8.2f} {r['seconds'] / plain:8.2f} {r['cpu_seconds']:8.2f} "
+              f"{r['cpu_seconds'] / plain_cpu:8.2f} {r['peak_memory_bytes'] / mib:9.0f} {extra:7.0f}")
+    print(f"\npeak memory: {next(iter(results.values()))['peak_memory_kind']}; +MiB: above the level at the start")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"tokens": tokens, "batch_size": args.batch_size,
+                                               "threads": args.threads, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The scores file: JSON round trip, validation with readable errors, geometry checks."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bip_core.errors import ScoresError
+from bip_core.loading import random_model
+from bip_core.scores import Scores, geometry_record
+from bip_core.architecture import model_geometry
+from bip_core.tiny_configs import tiny_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(tiny_config("mistral", gqa=True, layers=2, intermediate=6), seed=0)
+
+
+def make_scores(model, **meta) -> Scores:
+    geometry = model_geometry(model)
+    layers = [{"attention": [0.5 + i, 0.25], "mlp": [float(j) for j in range(g.intermediate)], "lipschitz": 0.8,
+               "output_scale": 3.0, "o_input_mean": [0.0] * (g.num_heads * g.head_dim),
+               "down_input_mean": [0.1] * g.intermediate} for i, g in enumerate(geometry)]
+    return Scores(layers=layers, meta={"format": 1, "method": "bip", "model": "tiny", "source": "wiki-bb",
+                                       "samples": 2, "seq_len": 16, "seed": 0, "unit": "kv_group",
+                                       "seconds": 0.1, "peak_memory_bytes": 1, "options": {"lipschitz": "measured"},
+                                       "geometry": geometry_record(geometry), **meta})
+
+
+def test_round_trip_through_a_file(model, tmp_path):
+    scores = make_scores(model)
+    path = scores.save(tmp_path / "sub" / "scores.json")
+    loaded = Scores.load(path)
+    assert loaded.to_dict() == scores.to_dict()
+    assert loaded.attention(1) == [1.5, 0.25] and loaded.mlp(0) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert loaded.method == "bip" and loaded.unit == "kv_group" and loaded.geometry == model_geometry(model)
+    raw = json.loads(path.read_text())
+    assert set(raw) == {"layers", "meta"} and len(raw["layers"]) == 2
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left behind
+    loaded.check_matches(model)
+
+
+def test_integers_are_read_as_floats(model):
+    d = make_scores(model).to_dict()
+    d["layers"][0]["attention"] = [1, 2]
+    assert Scores.from_dict(d).attention(0) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda d: d.pop("layers"), "Not a scores file"),
+    (lambda d: d.update(layers=[]), "non-empty list 'layers'"),
+    (lambda d: d["layers"][0].pop("mlp"), "layer 0 needs 'attention' and 'mlp'"),
+    (lambda d: d["layers"][1].update(attention=[1.0, "x"]), r"layers\[1\].attention must be a list of numbers"),
+    (lambda d: d["layers"][1].update(attention=[1.0, float("nan")]), "NaN or infinite"),
+    (lambda d: d["layers"][0].update(attention=[1.0]), "1 attention scores; its geometry has 2 units"),
+    (lambda d: d["layers"][0].update(mlp=[1.0]), "1 MLP scores; its geometry has 6 channels"),
+    (lambda d: d["meta"].update(unit="slot"), "unknown unit 'slot'"),
+    (lambda d: d["meta"].update(format=99), "format 99 is not supported"),
+    (lambda d: d["meta"]["geometry"].pop(), "2 layers but their geometry describes 1"),
+])
+def test_malformed_scores_are_refused_clearly(model, corrupt, message):
+    d = json.loads(json.dumps(make_scores(model).to_dict()))
+    corrupt(d)
+    with pytest.raises(ScoresError, match=message):
+        Scores.from_dict(d)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ScoresError, match="Cannot read scores file"):
+        Scores.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ScoresError, match="not valid JSON"):
+        Scores.load(bad)
+
+
+def test_check_matches_names_the_difference(model):
+    scores = make_scores(model)
+    wider = random_model(tiny_config("mistral", gqa=True, layers=2, intermediate=8), seed=0)
+    with pytest.raises(ScoresError, match=r"another model \('tiny'.*intermediate 6.*intermediate 8.*layer 0"):
+        scores.check_matches(wider)
+    no_geometry = Scores(layers=scores.layers, meta={"method": "bip"})
+    with pytest.raises(ScoresError, match="record no model geometry"):
+        no_geometry.check_matches(model)
+
+
+def test_save_refuses_nan_and_keeps_the_old_file(model, tmp_path):
+    path = make_scores(model).save(tmp_path / "scores.json")
+    before = path.read_text()
+    scores = make_scores(model)
+    scores.layers[0]["output_scale"] = float("nan")
+    with pytest.raises(ValueError):
+        scores.save(path)
+    assert path.read_text() == before and len(list(tmp_path.iterdir())) == 1
