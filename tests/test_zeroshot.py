@@ -126,7 +126,7 @@ def test_zeroshot_on_a_non_uniform_model_matches_a_hand_computation(tokenizer, p
 
 @pytest.mark.slow
 def test_default_model_offline_zeroshot_quick_run(default_loaded, prepared):
-    limit = 6
+    limit = 4
     result = zeroshot(default_loaded.model, default_loaded.tokenizer, "offline", limit=limit)
     assert list(result["tasks"]) == list(OFFLINE_DEFAULT)
     for name, entry in result["tasks"].items():
