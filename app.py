@@ -69,11 +69,12 @@ def build(settings: Settings | None = None, store=None) -> gr.Blocks:
 def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
     """Every event of the app, in one place."""
 
-    def guarded(button, fn, inputs, outputs, api_name):
-        """A heavy job: a fast pre-check refuses a second click at once, then the queued job runs."""
-        pre = button.click(check_idle, [session], None, queue=False, trigger_mode="multiple",
+    def guarded(button, fn, inputs, outputs, api_name, progress_on=None):
+        """A heavy job: a fast pre-check refuses a second click at once (a queued event, so that its
+        gr.Error shows as a toast), then the job runs; its progress bar shows on `progress_on`."""
+        pre = button.click(check_idle, [session], None, trigger_mode="multiple", concurrency_limit=None,
                            show_progress="hidden", api_visibility="private")
-        return pre.success(fn, inputs, outputs, api_name=api_name, **HEAVY)
+        return pre.success(fn, inputs, outputs, api_name=api_name, show_progress_on=progress_on, **HEAVY)
 
     plan_inputs = [session, t.ratio, t.allocation, t.skip_first, t.skip_last, t.round_to, t.allow_empty, v.ratios,
                    v.order, v.overlay]
@@ -87,7 +88,7 @@ def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
                 None, None, None, "", prune_panel.plan_info(sess), "", [], None, [], [], "", *empty_chart,
                 export_panel.export_info(sess), None, [])
 
-    guarded(m.load, model_card.load_model, [session, m.spec], [m.card, status], "load_model").success(
+    guarded(m.load, model_card.load_model, [session, m.spec], [m.card, status], "load_model", [m.card]).success(
         after_load, [session],
         [v.shown, v.readout, v.figure, v.lipschitz, v.plan_json, v.ratios, v.editor, v.scores_info, v.scores_file,
          v.plan_file, s.status, p.plan_info, p.status, p.table, p.details, c.chat_original, c.chat_pruned, c.status,
@@ -103,7 +104,7 @@ def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
                     api_visibility="private")
     guarded(s.run, score_panel.run_score,
             [session, s.method, s.source, s.samples, s.seq_len, s.unit, s.seed, *s.options],
-            [s.status, status, v.scores_info, v.scores_file], "score").success(
+            [s.status, status, v.scores_info, v.scores_file], "score", [s.status, v.figure]).success(
         after_score, [session], score_views, **LIGHT).success(
         tune_panel.replan, plan_inputs, plan_outputs, **LIGHT).success(
         tune_panel.save_plan, [session], [v.plan_file], **LIGHT)
@@ -138,7 +139,7 @@ def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
     # 3 · Prune
     prune_tab.select(prune_panel.plan_info, [session], [p.plan_info], **LIGHT)
     guarded(p.run, prune_panel.run_prune, [session, p.bias], [p.status, p.table, p.details, p.plan_info, status],
-            "prune").success(export_panel.export_info, [session], [e.info], **LIGHT)
+            "prune", [p.status, p.table]).success(export_panel.export_info, [session], [e.info], **LIGHT)
 
     # 4 · Compare
     results = [c.status, c.table, c.ppl_plot, c.zs_plot, c.speed_plot]
@@ -150,13 +151,14 @@ def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
     c.prompt.submit(api_visibility="private", **chat_io)
     c.clear.click(compare_panel.clear_chat, None, [c.chat_original, c.chat_pruned], queue=False,
                   api_visibility="private")
-    guarded(c.ppl_run, compare_panel.run_perplexity, [session, c.ppl_source, c.ppl_windows], results, "perplexity")
-    guarded(c.zs_run, compare_panel.run_zeroshot, [session, c.zs_tasks, c.zs_limit], results, "zeroshot")
-    guarded(c.speed_run, compare_panel.run_speed, [session, c.speed_batches], results, "speed")
+    for button, fn, inputs, name in ((c.ppl_run, compare_panel.run_perplexity, [c.ppl_source, c.ppl_windows], "perplexity"),
+                                     (c.zs_run, compare_panel.run_zeroshot, [c.zs_tasks, c.zs_limit], "zeroshot"),
+                                     (c.speed_run, compare_panel.run_speed, [c.speed_batches], "speed")):
+        guarded(button, fn, [session, *inputs], results, name, [c.status, c.table])
 
     # 5 · Export
     export_tab.select(export_panel.export_info, [session], [e.info], **LIGHT)
-    guarded(e.run, export_panel.run_export, [session], [e.info, e.file, e.listing], "export")
+    guarded(e.run, export_panel.run_export, [session], [e.info, e.file, e.listing], "export", [e.info, e.file])
 
     # Session end: free this tab's scores, pruned model and files (the shared original stays).
     def release(request: gr.Request):

@@ -30,12 +30,12 @@ def grouped_bars(rows: list[dict], kind: str, title: str, ytitle: str, log: bool
     if chance:
         xs = [m for m in metrics if m in chance]
         fig.add_trace(go.Scatter(x=xs, y=[chance[m] for m in xs], mode="markers", name="chance level",
-                                 marker=dict(symbol="line-ew-open", size=34, line=dict(width=3, color="#dc2626")),
+                                 marker=dict(symbol="line-ew-open", size=34, color="#dc2626", line=dict(width=3, color="#dc2626")),
                                  hovertemplate="%{x}<br>chance: %{y:.1%}<extra></extra>"))
     fig.update_layout(barmode="group", legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0, xanchor="left"))
     if log:  # bars start at 1 (log10 = 0), so their heights compare on the log scale
         top = max(r["value"] for r in rows if r["value"] > 0)
-        fig.update_yaxes(type="log", range=[0, math.log10(top) * 1.15 + 0.05])
+        fig.update_yaxes(type="log", range=[0, math.log10(top) * 1.15 + 0.05], dtick=1)
     else:
         fig.update_yaxes(rangemode="tozero", tickformat=".0%" if percent else None)
     fig.update_yaxes(title_text=ytitle)

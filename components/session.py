@@ -34,6 +34,8 @@ class StudioSession:
     def reset_model(self, loaded) -> None:
         """A new original model: everything derived from the previous one is dropped."""
         self.loaded = loaded
+        if loaded is not None:
+            self.expired = False
         self.model_info: dict | None = loaded.info() if loaded is not None else None
         self.scores: dict[str, object] = {}  # label -> Scores, kept when the method changes
         self.active: str | None = None  # label of the scores that plans are made from
@@ -99,8 +101,6 @@ class SessionRegistry:
 
     def attach(self, session: StudioSession, session_hash: str | None) -> None:
         session.touch()
-        if session.expired and session.loaded is None:
-            session.expired = False
         if not session_hash:
             return
         with self._lock:

@@ -126,7 +126,7 @@ def test_second_click_while_a_job_runs(served):
     url, _ = served
     client = _client(url)
     client.predict("default", api_name="/load_model")
-    job = client.submit("bip", "wiki-bb", 48, 128, "auto", 0, api_name="/score")
+    job = client.submit("bip", "wiki-bb", 24, 128, "auto", 0, api_name="/score")
     deadline = time.time() + 60
     while job.status().code not in (Status.PROCESSING, Status.PROGRESS) and time.time() < deadline:
         time.sleep(0.05)

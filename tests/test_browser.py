@@ -83,6 +83,10 @@ def test_full_flow_in_a_browser(browser_page):
     page.get_by_role("tab", name="2 · Score & tune").click()
     set_number(page, "bip-samples", 8)
     page.locator("#bip-score-btn").click()
+    page.wait_for_timeout(500)
+    page.locator("#bip-score-btn").click()  # a second click while scoring runs: refused with a message
+    page.wait_for_selector("text=Scoring is still running")
+    shot(page, "03a_second_click_refused")
     page.wait_for_selector("#bip-readout .bip-bigs")
     page.wait_for_selector("#bip-heatmap .js-plotly-plot")
     readout = page.locator("#bip-readout").inner_text()

@@ -1,0 +1,162 @@
+"""The app's pieces without a server: settings, the shared model store's policy (allow-list, size
+cap), sessions and their cleanup, the job guard, and the figure builders."""
+import time
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from bip_core.errors import ModelSpecError
+from bip_core.loading import LoadedModel, random_model
+from bip_core.tiny_configs import tiny_config
+from components import heatmaps, jobs, status_bar, tune_panel
+from components.model_store import ModelStore
+from components.session import SessionRegistry, StudioSession
+from components.settings import Settings, from_env, parse_count
+
+
+def settings(**kw) -> Settings:
+    base = dict(allowed_models=None, max_params=None, concurrency=1, session_ttl=60, max_samples=256,
+                max_windows=512, host="127.0.0.1", port=7860)
+    return Settings(**{**base, **kw})
+
+
+def fake_scores(layers=4, units=3, channels=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"layers": [{"attention": (rng.random(units) * 10).tolist(), "mlp": rng.lognormal(0, 1, channels).tolist(),
+                        "lipschitz": float(rng.random())} for _ in range(layers)],
+            "meta": {"method": "bip", "unit": "kv_group"}}
+
+
+def test_parse_count_and_env(monkeypatch):
+    assert parse_count("500M") == 500_000_000 and parse_count("2B") == 2_000_000_000
+    assert parse_count("1.5e9") == 1_500_000_000 and parse_count("") is None and parse_count(None) is None
+    with pytest.raises(ValueError, match="500M"):
+        parse_count("lots")
+    monkeypatch.setenv("BIP_ALLOWED_MODELS", "default, /models/a")
+    monkeypatch.setenv("BIP_MAX_PARAMS", "200M")
+    monkeypatch.setenv("BIP_CONCURRENCY", "2")
+    s = from_env()
+    assert s.allowed_models == ("default", "/models/a") and s.public
+    assert s.max_params == 200_000_000 and s.concurrency == 2
+
+
+def test_allow_list_refuses_other_models():
+    store = ModelStore(settings(allowed_models=("default",)), loader=lambda spec: pytest.fail("must not load"))
+    assert store.choices() == ["default"]
+    with pytest.raises(ModelSpecError, match="not available on this server.*default"):
+        store.get("/some/other/folder")
+    with pytest.raises(ModelSpecError, match="No model given"):
+        store.get("  ")
+
+
+def test_size_cap_before_and_after_loading(tmp_path):
+    config = tiny_config("llama")
+    config.save_pretrained(tmp_path)  # config only: sized on the meta device, never loaded
+    store = ModelStore(settings(max_params=1000), loader=lambda spec: pytest.fail("must not load"))
+    with pytest.raises(ModelSpecError, match="BIP_MAX_PARAMS"):
+        store.get(str(tmp_path))
+
+    def loader(spec):
+        return LoadedModel(random_model(config), None, spec, None, "llama")
+
+    capped = ModelStore(settings(max_params=1000), loader=loader)
+    with pytest.raises(ModelSpecError, match="accepts models up to"):
+        capped.get("some-spec")
+    assert capped.loaded_specs() == []
+    roomy = ModelStore(settings(), loader=loader)
+    first = roomy.get("a")
+    assert roomy.get("a") is first  # loaded once, shared
+    roomy.get("b"), roomy.get("c")
+    assert roomy.loaded_specs() == ["b", "c"]  # keeps the two most recent
+
+
+def test_sessions_are_freed_on_release_and_when_idle():
+    registry = SessionRegistry(ttl_seconds=60)
+    a, b = StudioSession(), StudioSession()
+    a.scores["x"] = object()
+    a.pruned = object()
+    registry.attach(a, "hash-a")
+    registry.attach(b, "hash-b")
+    folder = a.tmp_dir()
+    assert folder.exists() and len(registry) == 2
+    registry.release("hash-a")
+    assert a.pruned is None and not a.scores and not folder.exists() and len(registry) == 1
+    assert registry.sweep(now=time.time() + 30) == 0
+    b.begin("Scoring")
+    assert registry.sweep(now=time.time() + 120) == 0  # a running job is never freed
+    b.end()
+    assert registry.sweep(now=time.time() + 120) == 1 and len(registry) == 0
+
+
+def test_one_job_per_session():
+    jobs.configure(1)
+    session = StudioSession()
+    with jobs.heavy(session, "Scoring"):
+        with pytest.raises(gr.Error, match="Scoring is still running"):
+            jobs.check_idle(session)
+        with pytest.raises(gr.Error, match="Scoring is still running"):
+            with jobs.heavy(session, "Pruning"):
+                pass
+    assert session.busy is None
+    jobs.check_idle(session)
+
+
+def test_errors_become_readable_messages():
+    assert "Ratio must be" in jobs.friendly(ModelSpecError("Ratio must be ...")).message
+    assert "Invalid input" in jobs.friendly(ValueError("bad")).message
+    unexpected = jobs.friendly(KeyError("x"))
+    assert "still running" in unexpected.message and "Traceback" not in unexpected.message
+
+    @jobs.ui_errors
+    def boom():
+        raise ModelSpecError("No such model")
+
+    with pytest.raises(gr.Error, match="No such model"):
+        boom()
+
+
+def test_scores_figure_shapes_and_overlay():
+    d = fake_scores(layers=4, units=3, channels=64)
+    plan = [{"attention": [0, 2], "mlp": list(range(40))} for _ in range(4)]
+    removed = heatmaps.removed_sets(plan, d)
+    assert removed[0] == ({1}, set(range(40, 64)))
+    fig = heatmaps.scores_figure(d, removed, bins=16)
+    att, mlp, overlay, bars_att, bars_mlp = fig.data
+    assert np.asarray(att.z).shape == (4, 3) and att.text[0][1] == "✕" and att.text[0][0] == ""
+    assert np.asarray(mlp.z).shape == (4, 16)
+    assert bars_att.x[0] == pytest.approx(1 / 3) and bars_mlp.x[0] == pytest.approx(24 / 64)
+    fig = heatmaps.scores_figure(d, None, order="index", bins=16)
+    assert len(fig.data) == 2  # no overlay, no bars
+    assert "No scores" in heatmaps.scores_figure(None).layout.annotations[0].text
+
+
+def test_mlp_bins_sorted_and_by_index():
+    mlp = np.array([5.0, 1.0, 3.0, 100.0, 2.0, 4.0, 0.5, 6.0])
+    vals, fracs, custom = heatmaps.mlp_bins(mlp, {1, 6}, bins=4, order="sorted", floor=0.1)
+    assert list(vals) == sorted(vals, reverse=True)  # most important first
+    assert list(fracs) == [0, 0, 0, 1.0]  # the two least important channels sit in the last bin
+    vals, fracs, custom = heatmaps.mlp_bins(mlp, set(), bins=4, order="index", floor=0.1)
+    assert custom[1][2] == 3 and custom[1][3] == 100.0  # the outlier channel is named in its bin
+
+
+def test_lipschitz_chart_explains_missing_values():
+    d = fake_scores()
+    assert len(heatmaps.lipschitz_chart(d).data) == 1
+    for layer in d["layers"]:
+        layer.pop("lipschitz")
+    d["meta"]["method"] = "flap"
+    assert "flap has no Lipschitz factor" in heatmaps.lipschitz_chart(d).layout.annotations[0].text
+
+
+def test_readout_and_status_strip():
+    summary = {"removed_attention_mlp": 0.2, "removed_total": 0.158, "params_after": 113_277_888,
+               "params_before": 134_515_008, "allocation": "uniform", "ratio_requested": 0.2, "scores_label": "LLM-BIP",
+               "layers": [{"attention_kept": 2, "attention_total": 3, "mlp_kept": 1297, "mlp_total": 1536}] * 30}
+    html = tune_panel.readout_html(summary)
+    assert "20.0%" in html and "15.8%" in html and "113.3M" in html and "134.5M" in html
+    assert "Score the model" in tune_panel.readout_html(None)
+    assert "Model" in status_bar.render(StudioSession())
+    with pytest.raises(gr.Error, match="JSON list of 30"):
+        tune_panel.parse_ratios("[[0.1, 0.2]]", 30)
+    assert tune_panel.parse_ratios("[[0.1, 0.2], [0, 0]]", 2) == [(0.1, 0.2), (0.0, 0.0)]
