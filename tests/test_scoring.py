@@ -22,21 +22,25 @@ CALIBRATION = dict(source="wiki-bb", samples=3, seq_len=24, seed=0)
 
 
 # ---- helpers: run one real block, in float64, with units removed -----------------------------------
-def block_inputs(model, tokenizer, index: int, samples: int, seq_len: int, seed: int):
-    """The input and keyword arguments of block `index` when the model runs over the scoring windows."""
-    ids = calibration_windows(tokenizer, "wiki-bb", samples, seq_len, seed)
+def block_inputs(model, tokenizer, indices):
+    """{index: (input, keyword arguments)} of those blocks when the model runs over the scoring windows."""
+    ids = calibration_windows(tokenizer, "wiki-bb", CALIBRATION["samples"], CALIBRATION["seq_len"],
+                              CALIBRATION["seed"])
     captured = {}
 
-    def grab(_module, args, kwargs):
-        captured["x"], captured["kwargs"] = args[0].detach(), dict(kwargs)
+    def grab(index):
+        def hook(_module, args, kwargs):
+            captured[index] = (args[0].detach(), dict(kwargs))
+        return hook
 
-    handle = decoder_layers(model)[index].register_forward_pre_hook(grab, with_kwargs=True)
+    handles = [decoder_layers(model)[i].register_forward_pre_hook(grab(i), with_kwargs=True) for i in indices]
     try:
         with torch.no_grad():
             model.model(input_ids=ids, use_cache=False)
     finally:
-        handle.remove()
-    return captured["x"], captured["kwargs"]
+        for handle in handles:
+            handle.remove()
+    return captured
 
 
 def _to64(value):
@@ -92,10 +96,9 @@ def channels_to_check(values, count=4):
     return sorted(set(picks))
 
 
-def check_block(model, tokenizer, index, unit, bip_scores, direct_scores, report):
+def check_block(model, inputs, index, unit, bip_scores, direct_scores, report):
     """Channel scores are the exact mean block-output change; unit scores bound it."""
-    x, kwargs = block_inputs(model, tokenizer, index, CALIBRATION["samples"], CALIBRATION["seq_len"],
-                             CALIBRATION["seed"])
+    x, kwargs = inputs[index]
     block = Block64(model, index, x, kwargs)
     y, h = block.run()
     layer, direct = bip_scores.layers[index], direct_scores.layers[index]
@@ -114,28 +117,31 @@ def check_block(model, tokenizer, index, unit, bip_scores, direct_scores, report
 
 
 # ---- ablation checks --------------------------------------------------------------------------------
-@pytest.mark.parametrize("unit", ["kv_group", "query_slot"])
-def test_bip_ablation_on_default_model(default_loaded, unit, capsys):
+def test_bip_ablation_on_default_model(default_loaded, capsys):
     model, tokenizer = default_loaded.model, default_loaded.tokenizer
-    bip = score(model, tokenizer, "bip", unit=unit, **CALIBRATION)
-    direct = score(model, tokenizer, "bip", unit=unit, lipschitz="zero", **CALIBRATION)
-    report = []
-    for index in (0, 11, 29):  # 11 holds a massive-activation channel
-        check_block(model, tokenizer, index, unit, bip, direct, report)
-    with capsys.disabled():
-        print(f"\n[default model, {unit}] measured/bound per unit: "
-              + " ".join(f"L{i}u{g}:{m / b:.2f}" for i, g, m, b in report))
+    indices = (0, 11, 29)  # 11 holds a massive-activation channel
+    inputs = block_inputs(model, tokenizer, indices)
+    for unit in ("kv_group", "query_slot"):
+        bip = score(model, tokenizer, "bip", unit=unit, **CALIBRATION)
+        direct = score(model, tokenizer, "bip", unit=unit, lipschitz="zero", **CALIBRATION)
+        report = []
+        for index in indices:
+            check_block(model, inputs, index, unit, bip, direct, report)
+        with capsys.disabled():
+            print(f"\n[default model, {unit}] measured/bound per unit: "
+                  + " ".join(f"L{i}u{g}:{m / b:.2f}" for i, g, m, b in report))
 
 
 def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
     geometry = model_geometry(tiny_model)[0]
     units = ["head"] if geometry.n_rep == 1 else ["kv_group", "query_slot"]
+    inputs = block_inputs(tiny_model, tokenizer, range(len(decoder_layers(tiny_model))))
     for unit in units:
         bip = score(tiny_model, tokenizer, "bip", unit=unit, **CALIBRATION)
         direct = score(tiny_model, tokenizer, "bip", unit=unit, lipschitz="zero", **CALIBRATION)
         report = []
         for index in range(len(decoder_layers(tiny_model))):
-            check_block(tiny_model, tokenizer, index, unit, bip, direct, report)
+            check_block(tiny_model, inputs, index, unit, bip, direct, report)
         worst = max(m / b for _, _, m, b in report)
         with capsys.disabled():
             print(f"\n[{tiny_model.config.model_type} {unit}] largest measured/bound = {worst:.3f}")
@@ -145,7 +151,7 @@ def test_centred_bip_is_the_change_left_after_bias_compensation(tiny_model, toke
     """aggregation="std": channel score = RMS block-output change with the channel's mean added back as
     a bias; unit score (L = 0) = RMS change of h with the unit's mean output added back."""
     scores = score(tiny_model, tokenizer, "bip", aggregation="std", lipschitz="zero", **CALIBRATION)
-    x, kwargs = block_inputs(tiny_model, tokenizer, 1, CALIBRATION["samples"], CALIBRATION["seq_len"], 0)
+    x, kwargs = block_inputs(tiny_model, tokenizer, [1])[1]
     block = Block64(tiny_model, 1, x, kwargs)
     y, h = block.run()
     layer, geometry = scores.layers[1], model_geometry(tiny_model)[1]
@@ -163,7 +169,7 @@ def test_centred_bip_is_the_change_left_after_bias_compensation(tiny_model, toke
 
 def test_lipschitz_and_output_scale_are_recorded(tiny_model, tokenizer):
     scores = score(tiny_model, tokenizer, "bip", **CALIBRATION)
-    x, kwargs = block_inputs(tiny_model, tokenizer, 0, CALIBRATION["samples"], CALIBRATION["seq_len"], 0)
+    x, kwargs = block_inputs(tiny_model, tokenizer, [0])[0]
     y, _ = Block64(tiny_model, 0, x, kwargs).run()
     layer = scores.layers[0]
     assert layer["lipschitz"] > 0
@@ -367,7 +373,7 @@ def test_scoring_a_pruned_model(gqa_model, tokenizer):
         json.dumps(scores.to_dict(), allow_nan=False)  # savable: no NaN anywhere
     # the channel scores of the emptied layer are still exact block-output changes
     bip = score(pruned, tokenizer, "bip", **CALIBRATION)
-    x, kwargs = block_inputs(pruned, tokenizer, 0, CALIBRATION["samples"], CALIBRATION["seq_len"], 0)
+    x, kwargs = block_inputs(pruned, tokenizer, [0])[0]
     block = Block64(pruned, 0, x, kwargs)
     y, _ = block.run()
     for j in channels_to_check(bip.layers[0]["mlp"]):

@@ -8,6 +8,10 @@ y_t = h_t + sum_j W_down[:, j] m_tj, F(h) = MLP(RMSNorm2(h)).
     L_l         = max (or a quantile) over sampled tokens of ||F(h+e) - F(h)|| / ||e||,
                   e random with ||e|| = eps * ||h||;  lipschitz="zero" uses L_l = 0
 
+L_l is measured on `lipschitz_tokens` tokens drawn at random (seeded) from the first calibration
+batches. It is a local, random-direction estimate, not a certified Lipschitz constant: single tokens
+can exceed (1 + L_l) ||delta||; the mean over tokens stayed well inside the bound in every test.
+
 The unit's output delta_tg = W_g z_tg (W_g: o_proj columns of the unit's heads) is summed over its
 heads before the norm, computed as ||delta_tg||^2 = z_tg^T G_g z_tg with G_g = W_g^T W_g
 ([unit channels]^2, far smaller than o_proj itself when a unit is a fraction of the heads).
@@ -51,7 +55,7 @@ class Stats(LayerStats):
     def unit_inputs(self, z: torch.Tensor) -> torch.Tensor:
         """[tokens, heads*head_dim] -> [units, tokens, unit_width] (a unit's heads side by side)."""
         g = self.geometry
-        heads = z.view(z.shape[0], g.num_heads, g.head_dim)
+        heads = z.reshape(z.shape[0], g.num_heads, g.head_dim)
         if self.head_order is not None:
             heads = heads[:, self.head_order.to(z.device)]
         return heads.reshape(z.shape[0], self.units, self.unit_width).transpose(0, 1)
