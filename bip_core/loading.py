@@ -40,10 +40,23 @@ class LoadedModel:
         return {"spec": self.spec, "path": self.path, **summary(self.model), "note": self.note}
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def _load_tokenizer(folder):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
+    if not _has_tokenizer(folder):
+        raise ModelSpecError(f"{folder} has model weights but no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                             "save the tokenizer into the folder (tokenizer.save_pretrained(folder)).")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as err:
+        raise ModelSpecError(f"The tokenizer in {folder} cannot be loaded: {err}") from err
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -88,8 +101,7 @@ def _from_folder(folder: Path, spec: str, dtype, device_map, trust_remote_code) 
     family = family_of(config)
     if not _has_weights(folder):
         model = random_model(config, seed=0, dtype=dtype)
-        tokenizer = _load_tokenizer(folder) if (folder / "tokenizer.json").exists() \
-            else _load_tokenizer(ensure_default_model())
+        tokenizer = _load_tokenizer(folder if _has_tokenizer(folder) else ensure_default_model())
         return LoadedModel(model, tokenizer, spec, None, family,
                            note="randomly initialised (seed 0) from config.json; default tokenizer")
     try:

@@ -17,6 +17,12 @@ a row of gate_proj and up_proj and a column of down_proj.
               remove more so that the global ratio still holds (an error if they cannot).
   global      one ranking of every unit and channel of all layers by
               score / block output_scale (when the scores have it) / parameters removed.
+  global-energy  one ranking by (score / block output_scale)^2 / parameters removed. Squared
+              block-output changes of units whose directions are uncorrelated add up
+              (E||sum_j d_j||^2 ~ sum_j E||d_j||^2), while their norms do not (removing n channels of
+              score s changes the block by about sqrt(n) s, not n s). Ranking norms per parameter
+              therefore over-charges the many small MLP channels against the few large attention
+              units; ranking energies does not.
   global-std  FLAP's ranking: scores standardised per layer and sub-block, (s - mean) / std (with
               the layer's recorded `standardisation` statistics when the scores have them, as FLAP
               scores do), one ranking; units weigh their parameter count when the budget is filled.
@@ -42,7 +48,7 @@ import numpy as np
 from .architecture import UNIT_KINDS, LayerGeometry, block_parts, count_params, default_unit, model_geometry
 from .errors import PlanError
 
-ALLOCATIONS = ("uniform", "global", "global-std", "manual")
+ALLOCATIONS = ("uniform", "global", "global-energy", "global-std", "manual")
 PLAN_VERSION = 1
 CALIBRATION_KEYS = ("model", "source", "samples", "seq_len", "seed")
 
@@ -338,7 +344,7 @@ def _standardise(s: np.ndarray, stats=None) -> np.ndarray:
 
 
 def _global_counts(attention, mlp, costs: Costs, ratio: float, active: np.ndarray, min_units: int,
-                   standardise: bool, output_scale, stats):
+                   standardise: bool, output_scale, stats, power: int = 1):
     """Kept (units, channels) per layer from one ranking of all units and channels (least important first)."""
     priority, cost, layer_of, is_unit = [], [], [], []
     for i in np.flatnonzero(active):
@@ -347,7 +353,7 @@ def _global_counts(attention, mlp, costs: Costs, ratio: float, active: np.ndarra
             pa, pm = _standardise(a, (stats[i] or {}).get("attention")), _standardise(m, (stats[i] or {}).get("mlp"))
         else:
             scale = output_scale[i] if output_scale is not None and output_scale[i] > 0 else 1.0
-            pa, pm = a / scale / costs.unit_cost[i], m / scale / costs.channel_cost[i]
+            pa, pm = (a / scale) ** power / costs.unit_cost[i], (m / scale) ** power / costs.channel_cost[i]
         if min_units and pa.size:
             pa = pa.copy()
             pa[np.argmax(a)] = np.inf  # the layer's best unit is never removed
@@ -449,12 +455,13 @@ def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int
     min_units = 0 if allow_empty_attention else 1
     if allocation == "uniform":
         keep_units, keep_channels = _uniform_counts(costs, ratio, active, min_units)
-    elif allocation in ("global", "global-std"):
+    elif allocation in ("global", "global-energy", "global-std"):
         scale = [layer.get("output_scale") for layer in layers]
         scale = np.asarray(scale, dtype=np.float64) if all(s is not None for s in scale) else None
         keep_units, keep_channels = _global_counts(attention, mlp, costs, ratio, active, min_units,
                                                    allocation == "global-std", scale,
-                                                   [layer.get("standardisation") for layer in layers])
+                                                   [layer.get("standardisation") for layer in layers],
+                                                   power=2 if allocation == "global-energy" else 1)
     else:
         if layer_ratios is None:
             raise PlanError("The manual allocation needs layer_ratios: one (attention_ratio, mlp_ratio) pair per layer.")

@@ -121,3 +121,11 @@ def test_cli_info_json(capsys):
     info = json.loads(capsys.readouterr().out)
     assert (info["layers"], info["heads"], info["kv_heads"]) == (30, 9, 3)
     assert info["path"].endswith("smollm2-135m-instruct")
+
+
+def test_weights_without_tokenizer_is_a_clear_error(tmp_path):
+    from bip_core.loading import random_model
+
+    random_model(tiny_config("llama")).save_pretrained(tmp_path)
+    with pytest.raises(ModelSpecError, match="no tokenizer files"):
+        load_model(str(tmp_path))
