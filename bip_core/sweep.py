@@ -34,8 +34,10 @@ INTEGER_COLUMNS = ["params", "params_attention_mlp", "score_peak_memory_bytes", 
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
-    """The rows as a table with the fixed column order; whole numbers stay whole where some rows lack them."""
-    return pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in INTEGER_COLUMNS})
+    """The rows as a table with the fixed column order (extra metrics after it); whole numbers stay whole
+    where some rows lack them."""
+    extra = list(dict.fromkeys(k for row in rows for k in row if k not in COLUMNS))
+    return pd.DataFrame(rows, columns=COLUMNS + extra).astype({c: "Int64" for c in INTEGER_COLUMNS})
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -88,8 +90,12 @@ def _chart_title(row: dict, model_name: str) -> str:
 def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str = "wiki-bb", samples: int = 64,
           seq_len: int = 128, seed: int = 0, ppl_source: str = "wiki-bb", ppl_split: str | None = None,
           windows: int | None = None, ppl_seq_len: int = 128, batch_size: int = 8, bias_compensation="auto",
-          dense: bool = True, model_name: str | None = None, out=None, progress=None) -> pd.DataFrame:
-    """Run the sweep (see module docstring) and return its table; with `out`, also write CSV + HTML chart."""
+          dense: bool = True, model_name: str | None = None, out=None, progress=None,
+          extra_metrics=None) -> pd.DataFrame:
+    """Run the sweep (see module docstring) and return its table; with `out`, also write CSV + HTML chart.
+
+    extra_metrics(model) -> dict, when given, is called on every evaluated model (the dense one first)
+    and its entries become extra columns (e.g. zero-shot accuracy, speed-ups)."""
     from .architecture import count_params
     from .plan import make_plan
     from .scoring import score
@@ -120,8 +126,9 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
                             batch_size=batch_size)
         return result, time.perf_counter() - t0
 
-    def record(row: dict) -> None:
-        rows.append({column: row.get(column) for column in COLUMNS})
+    def record(row: dict, evaluated=None) -> None:
+        extra = extra_metrics(evaluated) if extra_metrics is not None and evaluated is not None else {}
+        rows.append({**{column: row.get(column) for column in COLUMNS}, **extra})
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             _table(rows).to_csv(out, index=False)
@@ -136,7 +143,7 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
         params = count_params(model)
         record({"method": "dense", "allocation": "-", "ratio": 0.0, **protocol(result), "params": params["total"],
                 "params_attention_mlp": params["attention_mlp"], "removed_attention_mlp": 0.0, "removed_total": 0.0,
-                "eval_seconds": seconds, "bias_compensation": False})
+                "eval_seconds": seconds, "bias_compensation": False}, evaluated=model)
         tick("dense")
     for spec in methods:
         method, options = parse_method(spec)
@@ -165,7 +172,7 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
                 record({**row, **protocol(result), "params": params["total"],
                         "params_attention_mlp": params["attention_mlp"],
                         "removed_attention_mlp": summary["removed_attention_mlp"],
-                        "removed_total": summary["removed_total"], "eval_seconds": seconds})
+                        "removed_total": summary["removed_total"], "eval_seconds": seconds}, evaluated=pruned)
                 del pruned
                 gc.collect()
                 tick(f"{spec} {allocation} {ratio}: ppl {result['ppl']:.2f}")

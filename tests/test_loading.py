@@ -79,20 +79,27 @@ def test_hub_id_offline_fails_fast(monkeypatch):
 
 
 def test_hub_probe_does_not_hang_when_the_connection_stalls(monkeypatch):
+    import threading
     import time
 
     from bip_core import network
 
+    release = threading.Event()
+
     def stalled(*args, **kwargs):  # simulates a DNS lookup or connect that never answers
-        time.sleep(30)
+        release.wait(30)
+        raise OSError("stalled")
 
     monkeypatch.setattr(network, "_reachable", None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(network.socket, "create_connection", stalled)
     t0 = time.perf_counter()
-    assert network.hub_reachable(timeout=0.5) is False
-    assert time.perf_counter() - t0 < 3
-    monkeypatch.setattr(network, "_reachable", None)
+    try:
+        assert network.hub_reachable(timeout=0.5) is False
+        assert time.perf_counter() - t0 < 3
+    finally:
+        release.set()
+        monkeypatch.setattr(network, "_reachable", None)
 
 
 def test_corrupt_weights_fail_with_a_clear_error(tmp_path):

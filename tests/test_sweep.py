@@ -80,6 +80,24 @@ def test_sweep_records_infeasible_plans_and_refuses_manual(tokenizer, text_sourc
         sweep(model, tokenizer, methods=["random"], ratios=[0.3], allocations=["manual"])
 
 
+def test_sweep_adds_extra_metrics_of_every_evaluated_model(tokenizer, text_source, tmp_path):
+    from bip_core.architecture import count_params
+
+    model = random_model(tiny_config("mistral"), seed=0)
+    seen = []
+
+    def extra(m):
+        seen.append(m)
+        return {"attention_mlp_seen": count_params(m)["attention_mlp"]}
+
+    out = tmp_path / "x.csv"
+    table = sweep(model, tokenizer, methods=["random"], ratios=[0.25, 0.5], data=text_source, samples=2, seq_len=16,
+                  ppl_source=text_source, ppl_split="test", windows=2, ppl_seq_len=16, out=out, extra_metrics=extra)
+    assert seen[0] is model and len(seen) == 3  # dense first, then each pruned model
+    assert table["attention_mlp_seen"].tolist() == table["params_attention_mlp"].tolist()
+    assert list(pd.read_csv(out).columns) == COLUMNS + ["attention_mlp_seen"]
+
+
 @pytest.mark.slow
 def test_sweep_cli_on_a_config_only_model(tmp_path, text_source, capsys):
     folder = tmp_path / "tiny"
