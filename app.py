@@ -43,7 +43,7 @@ def build(settings: Settings | None = None, store=None) -> gr.Blocks:
         with gr.Row(elem_id="bip-header"):
             gr.Markdown(texts.INTRO, elem_id="bip-intro")
         status = gr.HTML(status_bar.render(StudioSession()), elem_id="bip-status-strip")
-        with gr.Tabs(elem_id="bip-tabs"):
+        with gr.Tabs(elem_id="bip-tabs") as tabs:
             with gr.Tab("1 · Model", id="model"):
                 m = model_card.build()
             with gr.Tab("2 · Score & tune", id="tune"):
@@ -62,12 +62,14 @@ def build(settings: Settings | None = None, store=None) -> gr.Blocks:
         gr.Markdown(f"<div class='bip-footer'>BIP Studio · LLM-BIP (arXiv 2412.06419) · "
                     f"{'models: ' + ', '.join(studio.settings.allowed_models) if studio.settings.public else 'local'}"
                     f"</div>")
-        wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab)
+        wire(demo, session, status, tabs, m, s, t, v, p, c, e, prune_tab, export_tab)
     return demo
 
 
-def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
+def wire(demo, session, status, tabs, m, s, t, v, p, c, e, prune_tab, export_tab):
     """Every event of the app, in one place."""
+    m.next_step.click(lambda: gr.Tabs(selected="tune"), None, [tabs], queue=False, api_visibility="private")
+    p.next_step.click(lambda: gr.Tabs(selected="compare"), None, [tabs], queue=False, api_visibility="private")
 
     def guarded(button, fn, inputs, outputs, api_name, progress_on=None):
         """A heavy job: a fast pre-check refuses a second click at once (a queued event, so that its
@@ -81,18 +83,19 @@ def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
     plan_outputs = [v.readout, v.figure, v.plan_json, v.ratios, status, v.editor]
 
     # 1 · Model: loading resets everything derived from the previous model.
-    def after_load(sess):
-        empty_chart = compare_panel.results_view(sess)
-        return (gr.update(choices=[], value=None), tune_panel.readout_html(None),
-                tune_panel.figure_for(sess, "sorted", True), score_panel.lipschitz_figure(sess), None, "", None,
-                None, None, None, "", prune_panel.plan_info(sess), "", [], None, [], [], "", *empty_chart,
-                export_panel.export_info(sess), None, [])
+    def reset_views(sess) -> dict:
+        table, ppl_plot, zs_plot, speed_plot = compare_panel.results_view(sess)
+        return {v.shown: gr.update(choices=[], value=None), v.readout: tune_panel.readout_html(None),
+                v.figure: tune_panel.figure_for(sess, "sorted", True), v.lipschitz: score_panel.lipschitz_figure(sess),
+                v.plan_json: None, v.ratios: "", v.editor: None, v.scores_info: None, v.scores_file: None,
+                v.plan_file: None, s.status: "", p.plan_info: prune_panel.plan_info(sess), p.status: "", p.table: [],
+                p.details: None, c.chat_original: [], c.chat_pruned: [], c.chat_info: "", c.status: "",
+                c.table: table, c.ppl_plot: ppl_plot, c.zs_plot: zs_plot, c.speed_plot: speed_plot,
+                e.info: export_panel.export_info(sess), e.file: None, e.listing: []}
 
+    reset_outputs = list(reset_views(StudioSession()))
     guarded(m.load, model_card.load_model, [session, m.spec], [m.card, status], "load_model", [m.card]).success(
-        after_load, [session],
-        [v.shown, v.readout, v.figure, v.lipschitz, v.plan_json, v.ratios, v.editor, v.scores_info, v.scores_file,
-         v.plan_file, s.status, p.plan_info, p.status, p.table, p.details, c.chat_original, c.chat_pruned, c.status,
-         c.table, c.ppl_plot, c.zs_plot, c.speed_plot, e.info, e.file, e.listing], **LIGHT)
+        reset_views, [session], reset_outputs, **LIGHT)
 
     # 2 · Score: the new scores join the session's runs and become the active ones; the plan follows.
     def after_score(sess):
@@ -145,11 +148,11 @@ def wire(demo, session, status, m, s, t, v, p, c, e, prune_tab, export_tab):
     results = [c.status, c.table, c.ppl_plot, c.zs_plot, c.speed_plot]
     chat_io = dict(fn=compare_panel.chat,
                    inputs=[session, c.prompt, c.max_new, c.temperature, c.gen_seed, c.chat_original, c.chat_pruned],
-                   outputs=[c.chat_original, c.chat_pruned, c.prompt], concurrency_limit=None,
+                   outputs=[c.chat_original, c.chat_pruned, c.prompt, c.chat_info], concurrency_limit=None,
                    trigger_mode="multiple")
     c.send.click(api_name="chat", **chat_io)
     c.prompt.submit(api_visibility="private", **chat_io)
-    c.clear.click(compare_panel.clear_chat, None, [c.chat_original, c.chat_pruned], queue=False,
+    c.clear.click(compare_panel.clear_chat, None, [c.chat_original, c.chat_pruned, c.chat_info], queue=False,
                   api_visibility="private")
     for button, fn, inputs, name in ((c.ppl_run, compare_panel.run_perplexity, [c.ppl_source, c.ppl_windows], "perplexity"),
                                      (c.zs_run, compare_panel.run_zeroshot, [c.zs_tasks, c.zs_limit], "zeroshot"),

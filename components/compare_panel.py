@@ -1,5 +1,6 @@
 """Step 4: the original and the pruned model side by side: chat, quick perplexity, zero-shot, speed."""
 import threading
+import time
 from types import SimpleNamespace
 
 import gradio as gr
@@ -50,6 +51,7 @@ def build():
                                 show_label=False, scale=6, lines=1, max_lines=4, elem_id="bip-prompt")
             send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="bip-send")
             clear = gr.Button("Clear", scale=1, min_width=80)
+        chat_info = gr.Markdown("", elem_classes=["bip-small"], elem_id="bip-chat-info")
         with gr.Accordion("Generation settings", open=False):
             with gr.Row():
                 max_new = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
@@ -86,6 +88,7 @@ def build():
     with gr.Accordion("How these are measured", open=False):
         gr.Markdown(texts.COMPARE, elem_classes=["bip-teach"])
     return SimpleNamespace(chat_original=chat_original, chat_pruned=chat_pruned, prompt=prompt, send=send,
+                           chat_info=chat_info,
                            clear=clear, max_new=max_new, temperature=temperature, gen_seed=gen_seed,
                            ppl_source=ppl_source, ppl_windows=ppl_windows, ppl_run=ppl_run, zs_tasks=zs_tasks,
                            zs_limit=zs_limit, zs_run=zs_run, speed_batches=speed_batches, speed_run=speed_run, status=status, table=table,
@@ -239,7 +242,9 @@ def _plain(history) -> list[dict]:
 
 @ui_errors
 def chat(session, prompt, max_new, temperature, seed, history_original, history_pruned, request: gr.Request):
-    """One prompt through both models, streamed in turns. Yields (original chat, pruned chat, prompt box)."""
+    """One prompt through both models, streamed in turns.
+
+    Yields (original chat, pruned chat, prompt box, info line); the info line ends with 'Done'."""
     attach(session, request)
     prompt = (prompt or "").strip()
     if not prompt:
@@ -253,8 +258,9 @@ def chat(session, prompt, max_new, temperature, seed, history_original, history_
     for name, history in histories.items():
         history.append({"role": "user", "content": prompt})
         history.append({"role": "assistant", "content": "…" if name in models else NO_PRUNED})
-    yield histories["original"], histories["pruned"], ""
+    yield histories["original"], histories["pruned"], "", "Generating ..."
     settings = dict(max_new_tokens=int(max_new), temperature=float(temperature), seed=int(seed or 0))
+    seconds = {name: 0.0 for name in models}
     with heavy(session, "Generation", None, originals=[loaded.model]):
         streams = {}
         for name, model in models.items():
@@ -262,16 +268,23 @@ def chat(session, prompt, max_new, temperature, seed, history_original, history_
             streams[name] = stream_generate(model, loaded.tokenizer, context, **settings)
         while streams:
             for name in list(streams):
+                t0 = time.perf_counter()
                 try:
                     histories[name][-1] = {"role": "assistant", "content": next(streams[name])}
                 except StopIteration:
                     del streams[name]
-            yield histories["original"], histories["pruned"], ""
+                seconds[name] += time.perf_counter() - t0
+            yield histories["original"], histories["pruned"], "", "Generating ..."
+    parts = []
     for name in models:
-        if histories[name][-1]["content"] == "…":
+        text = histories[name][-1]["content"]
+        if text == "…":
             histories[name][-1] = {"role": "assistant", "content": "*(no text: the model stopped at once)*"}
-    yield histories["original"], histories["pruned"], ""
+            text = ""
+        tokens = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        parts.append(f"{name}: {tokens} tokens in {seconds[name]:.1f} s")
+    yield histories["original"], histories["pruned"], "", "Done · " + " · ".join(parts)
 
 
 def clear_chat():
-    return [], []
+    return [], [], ""

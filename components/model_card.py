@@ -44,7 +44,7 @@ def card_html(info: dict | None) -> str:
         _tile("attention + MLP", f"{_fmt(info['params_attention_mlp'])} ({share:.0%})",
               "the prunable part: attention and MLP weights of all layers"),
     ]
-    note = info.get("note") or ""
+    note = "" if info.get("spec") == "default" else (info.get("note") or "")  # the default's note is beside
     spec = str(info.get("spec"))
     name = DEFAULT_NAME if spec == "default" else Path(spec.rstrip("/")).name or spec
     title = html.escape(name) + (f' <span class="bip-muted">({html.escape(spec)})</span>' if name != spec else "")
@@ -67,12 +67,13 @@ def build():
                                          "or a Hub id such as org/name (needs internet)."))
                 load = gr.Button("Load model", variant="primary", scale=1, min_width=140, elem_id="bip-load-btn")
             card = gr.HTML(card_html(None), elem_id="bip-model-card")
+            gr.Markdown(texts.DEFAULT_MODEL_NOTE, elem_classes=["bip-teach", "bip-small"])
+            next_step = gr.Button("Next: score it →", size="sm", variant="secondary", elem_classes=["bip-next"])
         with gr.Column(scale=2, min_width=300):
             gr.Markdown(texts.MODEL, elem_classes=["bip-teach"])
             with gr.Accordion("What are attention units? (GQA)", open=False):
                 gr.Markdown(texts.GQA, elem_classes=["bip-teach"])
-            gr.Markdown(texts.DEFAULT_MODEL_NOTE, elem_classes=["bip-teach", "bip-small"])
-    return SimpleNamespace(spec=spec, load=load, card=card)
+    return SimpleNamespace(spec=spec, load=load, card=card, next_step=next_step)
 
 
 @ui_errors

@@ -34,10 +34,13 @@ def build():
             status = gr.Markdown("", elem_classes=["bip-status"])
             table = gr.Dataframe(headers=HEADERS, value=[], interactive=False, elem_id="bip-prune-table",
                                  label="Before / after", wrap=True)
+            next_step = gr.Button("Next: compare it with the original →", size="sm", variant="secondary",
+                                  elem_classes=["bip-next"])
             details = gr.JSON(label="Pruned model summary", open=False)
         with gr.Column(scale=1, min_width=300):
             gr.Markdown(texts.PRUNE, elem_classes=["bip-teach"])
-    return SimpleNamespace(plan_info=plan_info, bias=bias, run=run, status=status, table=table, details=details)
+    return SimpleNamespace(plan_info=plan_info, bias=bias, run=run, status=status, table=table, details=details,
+                           next_step=next_step)
 
 
 def plan_info(session) -> str:

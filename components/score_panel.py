@@ -74,7 +74,7 @@ def build():
     st = studio()
     with gr.Group(elem_classes=["bip-box"]):
         gr.Markdown("### Score", elem_classes=["bip-box-title"])
-        method = gr.Dropdown(method_choices(), value=DEFAULT_METHOD, label="Method",
+        method = gr.Dropdown(method_choices(), value=DEFAULT_METHOD, label="Method", elem_id="bip-method",
                              info="LLM-BIP first; the baselines use the same plans and surgery.")
         source = gr.Dropdown([(SOURCE_LABELS.get(s, s), s) for s in SOURCES], value="wiki-bb",
                              label="Calibration text")

@@ -12,8 +12,8 @@ from . import heatmaps, status_bar, texts
 from .context import attach
 from .jobs import friendly, ui_errors
 
-ALLOCATION_LABELS = {"uniform": "uniform", "global": "global (BIP ranking)", "global-std": "global, standardised (FLAP)",
-                     "manual": "manual (per-layer sliders)"}
+ALLOCATION_LABELS = {"uniform": "uniform", "global": "global (BIP ranking)", "global-energy": "global, squared changes",
+                     "global-std": "global, standardised (FLAP)", "manual": "manual (per-layer sliders)"}
 PRESETS = {  # name -> (ratio, allocation, skip_first, skip_last)
     "Paper-style uniform 20%": (0.2, "uniform", 0, 0),
     "Paper-style uniform 50%": (0.5, "uniform", 0, 0),
@@ -110,7 +110,7 @@ def build_controls():
 def build_view():
     readout = gr.HTML(readout_html(None), elem_id="bip-readout")
     with gr.Row(equal_height=True, elem_classes=["bip-viewbar"]):
-        shown = gr.Dropdown([], value=None, label="Scores shown (and planned from)", scale=3,
+        shown = gr.Dropdown([], value=None, label="Scores shown (and planned from)", scale=3, elem_id="bip-shown",
                             info="every method you score stays here for comparison")
         order = gr.Radio([("sorted by score", "sorted"), ("channel index", "index")], value="sorted",
                          label="MLP channels", scale=2)
@@ -161,7 +161,8 @@ def figure_for(session, order, overlay):
         return heatmaps.empty_figure("No scores yet: load a model, then press Score.")
     d = scores.to_dict()
     removed = heatmaps.removed_sets(session.plan.layers, d) if (overlay and session.plan is not None) else None
-    return heatmaps.scores_figure(d, removed, order=order or "sorted")
+    title = f"Scores: {session.active}" + (" — red = removed by the current plan" if removed is not None else "")
+    return heatmaps.scores_figure(d, removed, order=order or "sorted", title=title)
 
 
 def _outputs(session, order, overlay, message=""):

@@ -80,8 +80,9 @@ def test_full_flow(served, tmp_path):
     for row in rows:
         assert "perplexity wiki-bb test (4 x 128)" == row[1] and math.isfinite(float(row[2]))
 
-    original, pruned, prompt = client.predict("What is the capital of France?", 12, 0.0, 0, [], [],
-                                              api_name="/chat")
+    original, pruned, prompt, info = client.predict("What is the capital of France?", 12, 0.0, 0, [], [],
+                                                    api_name="/chat")
+    assert info.startswith("Done") and "pruned:" in info
     assert original[-1]["role"] == "assistant" and "Paris" in str(original[-1]["content"])
     assert pruned[-1]["role"] == "assistant" and prompt == ""
 

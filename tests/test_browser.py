@@ -110,6 +110,26 @@ def test_full_flow_in_a_browser(browser_page):
     box.blur()
     page.wait_for_function("document.querySelector('#bip-readout').innerText.includes('manual')")
     shot(page, "05_layer_editor_manual")
+    # A position the plan cannot take (no attention left in layer 0): a warning, and the slider snaps back.
+    box = rows.first.locator(".bip-att-slider input[type=number]")
+    box.fill("3")
+    box.press("Enter")
+    box.blur()
+    page.wait_for_selector("text=removes all 3 attention units")
+    page.wait_for_function("document.querySelector('#bip-layer-editor .bip-att-slider input[type=number]').value == '1'")
+    shot(page, "05b_layer_editor_refused")
+
+    # Another method: its scores join the first ones; the heatmap can show either.
+    page.locator("#bip-method input").click()
+    page.get_by_role("option", name="Magnitude").click()
+    page.locator("#bip-score-btn").click()
+    page.wait_for_selector("text=Magnitude scored")
+    page.wait_for_function("document.querySelector('#bip-heatmap').innerText.includes('Scores: Magnitude')")
+    page.locator("#bip-shown input").click()
+    assert page.get_by_role("option").count() == 2
+    page.get_by_role("option", name="LLM-BIP", exact=False).click()
+    page.wait_for_function("document.querySelector('#bip-heatmap').innerText.includes('Scores: LLM-BIP')")
+    shot(page, "05c_two_methods")
 
     # 3 · Prune
     page.get_by_role("tab", name="3 · Prune").click()
@@ -123,7 +143,7 @@ def test_full_flow_in_a_browser(browser_page):
     page.locator("#bip-prompt textarea").fill("What is the capital of France?")
     page.locator("#bip-send").click()
     page.wait_for_function("document.querySelector('#bip-chat-original').innerText.includes('Paris')")
-    page.wait_for_function("!document.querySelector('#bip-chat-pruned').innerText.includes('…')")
+    page.wait_for_function("document.querySelector('#bip-chat-info').innerText.startsWith('Done')")
     page.locator("#bip-send").click()  # the prompt box is empty now
     page.wait_for_selector("text=Type a prompt first")
     shot(page, "07_chat_and_empty_prompt")
