@@ -109,21 +109,20 @@ def wire(demo, session, status, tabs, m, s, t, v, p, c, e, prune_tab, export_tab
             [session, s.method, s.source, s.samples, s.seq_len, s.unit, s.seed, *s.options],
             [s.status, status, v.scores_info, v.scores_file], "score", [s.status, v.figure]).success(
         after_score, [session], score_views, **LIGHT).success(
-        tune_panel.replan, plan_inputs, plan_outputs, **LIGHT).success(
-        tune_panel.save_plan, [session], [v.plan_file], **LIGHT)
+        tune_panel.replan, plan_inputs, plan_outputs, **LIGHT)
 
     # 2 · Tune: every control recomputes the plan from the scores (no re-scoring).
     gr.on([t.ratio.release, t.allocation.input, t.skip_first.release, t.skip_last.release, t.round_to.input,
            t.allow_empty.input], tune_panel.replan, plan_inputs, plan_outputs, api_name="make_plan",
-          **{**LIGHT, "api_visibility": "public"}).success(tune_panel.save_plan, [session], [v.plan_file], **LIGHT)
+          **{**LIGHT, "api_visibility": "public"})
     for button in t.presets:
         button.click(functools.partial(tune_panel.apply_preset, button.value), None,
                      [t.ratio, t.allocation, t.skip_first, t.skip_last], queue=False, show_progress="hidden",
                      api_visibility="private").then(
-            tune_panel.replan, plan_inputs, plan_outputs, **LIGHT).success(
-            tune_panel.save_plan, [session], [v.plan_file], **LIGHT)
+            tune_panel.replan, plan_inputs, plan_outputs, **LIGHT)
     v.apply_ratios.click(lambda: "manual", None, [t.allocation], queue=False, api_visibility="private").then(
         tune_panel.replan, plan_inputs, plan_outputs, **LIGHT)
+    v.save_plan.click(tune_panel.save_plan, [session], [v.plan_file], api_name="plan_file", show_progress="hidden")
     gr.on([v.order.input, v.overlay.input], tune_panel.figure_for, [session, v.order, v.overlay], [v.figure], **LIGHT)
     v.shown.input(tune_panel.show_scores, [session, v.shown, v.order, v.overlay], [v.figure], **LIGHT).success(
         after_score, [session], score_views, **LIGHT).success(

@@ -78,12 +78,26 @@ def heavy(session, what: str, progress=None, originals=()):
         session.end()
 
 
+# Library messages name API arguments; in the app the same thing is a control with a label.
+UI_WORDS = {
+    "allow removing whole attention sub-blocks (allow_empty_attention=True)":
+        "tick 'Allow removing whole attention sub-blocks'",
+    "(allow_empty_attention=True)": "(tick 'Allow removing whole attention sub-blocks')",
+}
+
+
+def ui_wording(message: str) -> str:
+    for api, ui in UI_WORDS.items():
+        message = message.replace(api, ui)
+    return message
+
+
 def friendly(err: BaseException) -> gr.Error:
     """The message a user sees for an exception."""
     if isinstance(err, gr.Error):
         return err
     if isinstance(err, BipError):
-        return gr.Error(str(err), print_exception=False)
+        return gr.Error(ui_wording(str(err)), print_exception=False)
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         return gr.Error("Out of memory. Try fewer calibration samples, a shorter sequence length, or a "
                         "smaller model. The app is still running.", title="Out of memory")

@@ -131,13 +131,15 @@ def build_view():
         with gr.Row():
             scores_info = gr.JSON(label="Scores", open=False)
             plan_json = gr.JSON(label="Plan summary", open=False)
-        with gr.Row():
+        with gr.Row(equal_height=True):
             scores_file = gr.File(label="Scores (JSON)", interactive=False)
-            plan_file = gr.File(label="Plan (JSON)", interactive=False)
+            with gr.Column():
+                save_plan = gr.Button("Save the current plan as a file", size="sm")
+                plan_file = gr.File(label="Plan (JSON)", interactive=False)
     return SimpleNamespace(readout=readout, shown=shown, order=order, overlay=overlay, figure=figure,
                            lipschitz=lipschitz, editor=editor, editor_box=editor_box, ratios=ratios,
                            apply_ratios=apply_ratios, scores_info=scores_info, plan_json=plan_json,
-                           scores_file=scores_file, plan_file=plan_file)
+                           scores_file=scores_file, save_plan=save_plan, plan_file=plan_file)
 
 
 # ------------------------------------------------------------------------------------- handlers
@@ -215,7 +217,7 @@ def edit_layers(session, round_to, allow_empty, order, overlay, *values):
     try:
         _make(session, previous, "manual", 0, 0, round_to, allow_empty, pairs)
     except BipError as err:
-        gr.Warning(str(friendly(err).message))
+        gr.Warning(friendly(err).message)
         return (*_outputs(session, order, overlay), gr.update(), editor_spec(session))
     return (*_outputs(session, order, overlay), "manual", gr.skip())
 
@@ -233,7 +235,7 @@ def scores_choices(session):
 
 def save_plan(session):
     if session.plan is None:
-        return None
+        raise gr.Error("No plan yet: score the model first.", print_exception=False)
     path = session.tmp_dir() / "plan.json"
     session.plan.save(path)
     return str(path)

@@ -69,6 +69,9 @@ def test_full_flow(served, tmp_path):
     assert "20.0%" in readout and summary["removed_attention_mlp"] == pytest.approx(0.2, abs=0.005)
     assert summary["params_after"] < summary["params_before"]
     assert len(json.loads(ratios)) == 30
+    from bip_core.plan import Plan
+    plan = Plan.load(client.predict(api_name="/plan_file"))
+    assert plan.summary()["params_after"] == summary["params_after"]
 
     msg, table, details, plan_info, strip = client.predict(False, api_name="/prune")
     assert details["params_after"] == summary["params_after"] < summary["params_before"]

@@ -4,6 +4,7 @@ to screenshots/ (ignored by git) for a human to look at."""
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def browser_page():
         page = browser.new_page(viewport={"width": 1440, "height": 960})
         page.set_default_timeout(TIMEOUT)
         page.goto(url)
-        yield page
+        yield page, url, studio
         browser.close()
     demo.close()
 
@@ -68,7 +69,7 @@ def set_number(page, elem_id, value):
 
 
 def test_full_flow_in_a_browser(browser_page):
-    page = browser_page
+    page, _, _ = browser_page
     page.wait_for_selector("#bip-model-card")
     assert page.get_by_text("BIP Studio").first.is_visible()
     shot(page, "01_start")
@@ -159,3 +160,19 @@ def test_full_flow_in_a_browser(browser_page):
     page.wait_for_selector("#bip-export-file a")
     assert ".zip" in page.locator("#bip-export-file").inner_text()
     shot(page, "09_export")
+
+
+def test_closing_the_tab_frees_the_session(browser_page):
+    page, url, studio = browser_page
+    tab = page.context.browser.new_page()
+    tab.goto(url)
+    tab.get_by_role("button", name="Load model").click()
+    tab.wait_for_selector("#bip-model-card .bip-tiles")
+    sessions = [s for s in list(studio.registry._sessions.values()) if s.loaded is not None]
+    before = len(studio.registry)
+    tab.close()  # the heartbeat stops: Gradio runs the app's unload handler
+    deadline = time.time() + 60
+    while len(studio.registry) >= before and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(studio.registry) == before - 1
+    assert sum(s.loaded is None for s in sessions) >= 1  # its model reference was dropped
