@@ -17,7 +17,7 @@ import gradio as gr  # noqa: E402
 
 from components import (compare_panel, context, export_panel, heatmaps, model_card, prune_panel,  # noqa: E402
                         score_panel, status_bar, texts, tune_panel)
-from components.jobs import check_idle  # noqa: E402
+from components.jobs import precheck  # noqa: E402
 from components.session import StudioSession, delete_callback  # noqa: E402
 from components.settings import Settings, from_env  # noqa: E402
 
@@ -71,12 +71,13 @@ def wire(demo, session, status, tabs, m, s, t, v, p, c, e, prune_tab, export_tab
     m.next_step.click(lambda: gr.Tabs(selected="tune"), None, [tabs], queue=False, api_visibility="private")
     p.next_step.click(lambda: gr.Tabs(selected="compare"), None, [tabs], queue=False, api_visibility="private")
 
-    def guarded(button, fn, inputs, outputs, api_name, progress_on=None):
-        """A heavy job: a fast pre-check refuses a second click at once (a queued event, so that its
-        gr.Error shows as a toast), then the job runs; its progress bar shows on `progress_on`."""
-        pre = button.click(check_idle, [session], None, trigger_mode="multiple", concurrency_limit=None,
-                           show_progress="hidden", api_visibility="private")
-        return pre.success(fn, inputs, outputs, api_name=api_name, show_progress_on=progress_on, **HEAVY)
+    def guarded(button, fn, inputs, outputs, api_name, progress_on, needs=None):
+        """A heavy job. A quick queued pre-check (not busy, prerequisites there) answers a second click
+        or a missing step with a toast and leaves the outputs alone; then the job runs, with its
+        progress bar (and any error badge) on the step's status line `progress_on`."""
+        pre = button.click(functools.partial(precheck, needs=needs), [session], None, trigger_mode="multiple",
+                           concurrency_limit=None, show_progress="hidden", api_visibility="private")
+        return pre.success(fn, inputs, outputs, api_name=api_name, show_progress_on=[progress_on], **HEAVY)
 
     plan_inputs = [session, t.ratio, t.allocation, t.skip_first, t.skip_last, t.round_to, t.allow_empty, v.ratios,
                    v.order, v.overlay]
@@ -91,10 +92,10 @@ def wire(demo, session, status, tabs, m, s, t, v, p, c, e, prune_tab, export_tab
                 v.plan_file: None, s.status: "", p.plan_info: prune_panel.plan_info(sess), p.status: "", p.table: [],
                 p.details: None, c.chat_original: [], c.chat_pruned: [], c.chat_info: "", c.status: "",
                 c.table: table, c.ppl_plot: ppl_plot, c.zs_plot: zs_plot, c.speed_plot: speed_plot,
-                e.info: export_panel.export_info(sess), e.file: None, e.listing: []}
+                e.info: export_panel.export_info(sess), e.status: "", e.file: None, e.listing: []}
 
     reset_outputs = list(reset_views(StudioSession()))
-    guarded(m.load, model_card.load_model, [session, m.spec], [m.card, status], "load_model", [m.card]).success(
+    guarded(m.load, model_card.load_model, [session, m.spec], [m.card, status, m.status], "load_model", m.status).success(
         reset_views, [session], reset_outputs, **LIGHT)
 
     # 2 · Score: the new scores join the session's runs and become the active ones; the plan follows.
@@ -107,7 +108,7 @@ def wire(demo, session, status, tabs, m, s, t, v, p, c, e, prune_tab, export_tab
                     api_visibility="private")
     guarded(s.run, score_panel.run_score,
             [session, s.method, s.source, s.samples, s.seq_len, s.unit, s.seed, *s.options],
-            [s.status, status, v.scores_info, v.scores_file], "score", [s.status, v.figure]).success(
+            [s.status, status, v.scores_info, v.scores_file], "score", s.status, "model").success(
         after_score, [session], score_views, **LIGHT).success(
         tune_panel.replan, plan_inputs, plan_outputs, **LIGHT)
 
@@ -141,26 +142,26 @@ def wire(demo, session, status, tabs, m, s, t, v, p, c, e, prune_tab, export_tab
     # 3 · Prune
     prune_tab.select(prune_panel.plan_info, [session], [p.plan_info], **LIGHT)
     guarded(p.run, prune_panel.run_prune, [session, p.bias], [p.status, p.table, p.details, p.plan_info, status],
-            "prune", [p.status, p.table]).success(export_panel.export_info, [session], [e.info], **LIGHT)
+            "prune", p.status, "plan").success(export_panel.export_info, [session], [e.info], **LIGHT)
 
     # 4 · Compare
     results = [c.status, c.table, c.ppl_plot, c.zs_plot, c.speed_plot]
-    chat_io = dict(fn=compare_panel.chat,
-                   inputs=[session, c.prompt, c.max_new, c.temperature, c.gen_seed, c.chat_original, c.chat_pruned],
-                   outputs=[c.chat_original, c.chat_pruned, c.prompt, c.chat_info], concurrency_limit=None,
-                   trigger_mode="multiple")
-    c.send.click(api_name="chat", **chat_io)
-    c.prompt.submit(api_visibility="private", **chat_io)
+    chat_inputs = [session, c.prompt, c.max_new, c.temperature, c.gen_seed, c.chat_original, c.chat_pruned]
+    chat_outputs = [c.chat_original, c.chat_pruned, c.prompt, c.chat_info]
+    for trigger, api in ((c.send.click, dict(api_name="chat")), (c.prompt.submit, dict(api_visibility="private"))):
+        trigger(compare_panel.check_chat, [session, c.prompt], None, trigger_mode="multiple", concurrency_limit=None,
+                show_progress="hidden", api_visibility="private").success(
+            compare_panel.chat, chat_inputs, chat_outputs, concurrency_limit=None, show_progress="hidden", **api)
     c.clear.click(compare_panel.clear_chat, None, [c.chat_original, c.chat_pruned, c.chat_info], queue=False,
                   api_visibility="private")
     for button, fn, inputs, name in ((c.ppl_run, compare_panel.run_perplexity, [c.ppl_source, c.ppl_windows], "perplexity"),
                                      (c.zs_run, compare_panel.run_zeroshot, [c.zs_tasks, c.zs_limit], "zeroshot"),
                                      (c.speed_run, compare_panel.run_speed, [c.speed_batches], "speed")):
-        guarded(button, fn, [session, *inputs], results, name, [c.status, c.table])
+        guarded(button, fn, [session, *inputs], results, name, c.status, "model")
 
     # 5 · Export
     export_tab.select(export_panel.export_info, [session], [e.info], **LIGHT)
-    guarded(e.run, export_panel.run_export, [session], [e.info, e.file, e.listing], "export", [e.info, e.file])
+    guarded(e.run, export_panel.run_export, [session], [e.status, e.file, e.listing], "export", e.status, "pruned")
 
     # Session end: free this tab's scores, pruned model and files (the shared original stays).
     def release(request: gr.Request):

@@ -14,7 +14,7 @@ from bip_core.zeroshot import OFFLINE_DEFAULT, zeroshot
 
 from . import charts, texts
 from .context import attach, studio
-from .jobs import check_idle, heavy, require_model, ui_errors
+from .jobs import check_idle, heavy, precheck, require_model, ui_errors
 
 RESULT_HEADERS = ["model", "measurement", "value", "details"]
 ORIGINAL = "original"
@@ -78,7 +78,7 @@ def build():
                         elem_classes=["bip-small"])
             speed_batches = gr.Radio(["1", "1 and 8"], value="1", label="Batch sizes")
             speed_run = gr.Button("Measure speed", variant="primary", elem_id="bip-speed-btn")
-    status = gr.Markdown("", elem_classes=["bip-status"])
+    status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-compare-status")
     table = gr.Dataframe(headers=RESULT_HEADERS, value=[], interactive=False, wrap=True, label="Results",
                          elem_id="bip-results")
     with gr.Row():
@@ -225,6 +225,16 @@ def speed_rows(name: str, r: dict) -> list[dict]:
     return rows
 
 
+EMPTY_PROMPT = "Type a prompt first, then press Send."
+
+
+def check_chat(session, prompt):
+    """Pre-check of Send: a prompt, a model, no job running (a toast; the chats stay as they are)."""
+    if not (prompt or "").strip():
+        raise gr.Error(EMPTY_PROMPT, print_exception=False)
+    precheck(session, "model")
+
+
 def _text(content) -> str:
     """Plain text of a chat message's content (Gradio hands it back as a list of parts)."""
     if isinstance(content, str):
@@ -248,7 +258,7 @@ def chat(session, prompt, max_new, temperature, seed, history_original, history_
     attach(session, request)
     prompt = (prompt or "").strip()
     if not prompt:
-        raise gr.Error("Type a prompt first, then press Send.", print_exception=False)
+        raise gr.Error(EMPTY_PROMPT, print_exception=False)
     loaded = require_model(session)
     check_idle(session)
     histories = {"original": _plain(history_original), "pruned": _plain(history_pruned)}

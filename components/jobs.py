@@ -45,9 +45,21 @@ def busy_message(what: str) -> str:
 
 
 def check_idle(session) -> None:
-    """Fast pre-check wired before a heavy event (queue=False): refuse a second click at once."""
+    """Refuse a second job while the session runs one."""
     if session is not None and session.busy:
         raise gr.Error(busy_message(session.busy), title="Busy", print_exception=False)
+
+
+REQUIREMENTS = {"model": lambda s: require_model(s), "scores": lambda s: require_scores(s),
+                "plan": lambda s: require_plan(s), "pruned": lambda s: require_pruned(s)}
+
+
+def precheck(session, needs: str | None = None) -> None:
+    """The fast check wired before a heavy job: not busy, and what the job needs is there. Its
+    gr.Error is a toast only; the job's outputs are left as they are (no error badges)."""
+    check_idle(session)
+    if needs:
+        REQUIREMENTS[needs](session)
 
 
 @contextmanager
@@ -141,6 +153,13 @@ def require_scores(session):
     if session.active_scores is None:
         raise gr.Error("Score the model first (step 2, 'Score & tune').", print_exception=False)
     return session.active_scores
+
+
+def require_plan(session):
+    require_scores(session)
+    if session.plan is None:
+        raise gr.Error("Make a plan first (step 2: choose a ratio).", print_exception=False)
+    return session.plan
 
 
 def require_pruned(session):

@@ -1,5 +1,6 @@
 """Step 1: pick and load a model; show its architecture card."""
 import html
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,6 +67,7 @@ def build():
                                          "'default' (SmolLM2-135M-Instruct, offline), a local folder, "
                                          "or a Hub id such as org/name (needs internet)."))
                 load = gr.Button("Load model", variant="primary", scale=1, min_width=140, elem_id="bip-load-btn")
+            status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-load-status")
             card = gr.HTML(card_html(None), elem_id="bip-model-card")
             gr.Markdown(texts.DEFAULT_MODEL_NOTE, elem_classes=["bip-teach", "bip-small"])
             next_step = gr.Button("Next: score it →", size="sm", variant="secondary", elem_classes=["bip-next"])
@@ -73,7 +75,7 @@ def build():
             gr.Markdown(texts.MODEL, elem_classes=["bip-teach"])
             with gr.Accordion("What are attention units? (GQA)", open=False):
                 gr.Markdown(texts.GQA, elem_classes=["bip-teach"])
-    return SimpleNamespace(spec=spec, load=load, card=card, next_step=next_step)
+    return SimpleNamespace(spec=spec, load=load, card=card, status=status, next_step=next_step)
 
 
 @ui_errors
@@ -82,8 +84,10 @@ def load_model(session, spec, request: gr.Request, progress=gr.Progress()):
     attach(session, request)
     st = studio()
     spec = st.store.check_allowed(spec)
+    t0 = time.perf_counter()
     with heavy(session, "Loading a model", progress):
         progress(0.1, desc=f"Loading {spec} ...")
         loaded = st.store.get(spec)
     session.reset_model(loaded)
-    return card_html(session.model_info), status_bar.render(session)
+    msg = f"Loaded **{spec}** ({time.perf_counter() - t0:.1f} s). Next: score it in step 2."
+    return card_html(session.model_info), status_bar.render(session), msg

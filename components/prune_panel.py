@@ -9,7 +9,7 @@ from bip_core.surgery import prune_model
 
 from . import status_bar, texts
 from .context import attach
-from .jobs import heavy, require_model, require_scores, ui_errors
+from .jobs import heavy, require_model, require_plan, require_scores, ui_errors
 
 HEADERS = ["", "original", "pruned", "change"]
 
@@ -31,7 +31,7 @@ def build():
                 bias = gr.Checkbox(False, label="Bias compensation (FLAP-style)",
                                    info="put the removed units' mean output back as a bias")
                 run = gr.Button("Prune", variant="primary", elem_id="bip-prune-btn", min_width=140)
-            status = gr.Markdown("", elem_classes=["bip-status"])
+            status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-prune-status")
             table = gr.Dataframe(headers=HEADERS, value=[], interactive=False, elem_id="bip-prune-table",
                                  label="Before / after", wrap=True)
             next_step = gr.Button("Next: compare it with the original →", size="sm", variant="secondary",
@@ -87,9 +87,7 @@ def run_prune(session, bias, request: gr.Request, progress=gr.Progress()):
     attach(session, request)
     loaded = require_model(session)
     scores = require_scores(session)
-    plan = session.plan
-    if plan is None:
-        raise gr.Error("Make a plan first (step 2: choose a ratio).", print_exception=False)
+    plan = require_plan(session)
     with heavy(session, "Pruning", progress, originals=[loaded.model]):
         progress(0.2, desc="Slicing heads and channels ...")
         session.drop_pruned()  # free the previous pruned model before building the next one

@@ -92,7 +92,7 @@ def build():
             unit = gr.Dropdown(UNIT_CHOICES, value="auto", label="Attention unit")
             seed = gr.Number(0, precision=0, label="Seed", minimum=0)
         run = gr.Button("Score", variant="primary", elem_id="bip-score-btn")
-        status = gr.Markdown("", elem_classes=["bip-status"])
+        status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-score-status")
     with gr.Accordion("What do the scores mean?", open=False):
         gr.Markdown(texts.SCORE + "\n\n" + texts.LIPSCHITZ + "\n\n" + texts.METHODS + "\n\n" + texts.CALIBRATION,
                     elem_classes=["bip-teach"])

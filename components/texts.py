@@ -44,11 +44,13 @@ Higher score = more important = kept. Colours are log10 of the score: a dark cel
 """
 
 LIPSCHITZ = """\
-**Why the Lipschitz factor.** A change of the attention output also passes through the block's MLP.
-`L` is measured per block as the largest ratio `||MLP(h+e) - MLP(h)|| / ||e||` for small random
-`e` on calibration tokens. It scales all attention units of a block alike, so it matters when
-attention and MLP, or different blocks, are ranked against each other (global allocation).
-Choose *direct (L = 0)* to see the ablation. Only LLM-BIP has this factor.
+**Why the Lipschitz factor.** A change of the attention output also passes through the block's MLP
+(with its norm), F. `L` is measured per block in the same pass as the largest ratio
+`||F(h + e) - F(h)|| / ||e||` over calibration tokens, for small random `e` (1% of `||h||`). It scales
+all attention units of a block alike, so it matters when attention and MLP, or different blocks,
+are ranked against each other (global allocation). Softmax attention itself is never bounded: each
+unit's output change is measured. Choose *direct: L = 0* (Options) to see the ablation; only
+LLM-BIP has this factor.
 """
 
 METHODS = """\

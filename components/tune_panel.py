@@ -1,5 +1,6 @@
 """Step 2b: from scores to a plan, instantly: global ratio, allocation, presets, per-layer sliders,
 the live size readout and the overlay of what the plan removes. No re-scoring, ever."""
+import html
 import json
 from types import SimpleNamespace
 
@@ -35,7 +36,9 @@ def _span(values) -> str:
 def readout_html(summary: dict | None, message: str = "") -> str:
     """The live size readout: removed share of attention+MLP, of all parameters, what remains."""
     if not summary:
-        return f'<div class="bip-readout bip-empty">{message or "Score the model to see a plan."}</div>'
+        warn = f'<div class="bip-warn">{message}</div>' if message.startswith("Not applied") else ""
+        text = "Score the model to see a plan." if warn else (message or "Score the model to see a plan.")
+        return f'<div class="bip-readout bip-empty">{text}{warn}</div>'
     layers = summary["layers"]
     tiles = [
         (f"{summary['removed_attention_mlp']:.1%}", "of attention + MLP parameters removed"),
@@ -90,13 +93,13 @@ def build_controls():
         gr.Markdown("### Plan", elem_classes=["bip-box-title"])
         with gr.Row(elem_classes=["bip-presets"]):
             presets = [gr.Button(name, size="sm", variant="secondary", min_width=120) for name in PRESETS]
-        ratio = gr.Slider(0, 0.9, value=0.2, step=0.01, label="Ratio",
+        ratio = gr.Slider(0, 0.9, value=0.2, step=0.01, label="Ratio", elem_id="bip-ratio",
                           info="share of attention + MLP parameters to remove")
         allocation = gr.Radio([(ALLOCATION_LABELS.get(a, a), a) for a in ALLOCATIONS], value="uniform",
                               label="Allocation across layers")
         with gr.Row():
-            skip_first = gr.Slider(0, 8, value=0, step=1, label="Skip first layers")
-            skip_last = gr.Slider(0, 8, value=0, step=1, label="Skip last layers")
+            skip_first = gr.Slider(0, 8, value=0, step=1, label="Skip first layers", elem_id="bip-skip-first")
+            skip_last = gr.Slider(0, 8, value=0, step=1, label="Skip last layers", elem_id="bip-skip-last")
         round_to = gr.Dropdown(ROUND_CHOICES, value=1, label="Round kept MLP channels to a multiple of",
                                info="multiples of 8 or 64 run faster on some hardware")
         allow_empty = gr.Checkbox(False, label="Allow removing whole attention sub-blocks",
@@ -185,15 +188,24 @@ def replan(session, ratio, allocation, skip_first, skip_last, round_to, allow_em
             "Score the model (left) to see a plan."
         return readout_html(None, msg), figure_for(session, order, overlay), None, "", status_bar.render(session), None
     layer_ratios = None
-    if allocation == "manual":
-        n = len(session.active_scores.layers)
-        if ratios_json and ratios_json.strip():
-            layer_ratios = parse_ratios(ratios_json, n)
-        elif session.plan is not None:
-            layer_ratios = session.plan.meta["layer_ratios"]
-        else:
-            layer_ratios = [(0.0, 0.0)] * n
-    _make(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, layer_ratios)
+    try:
+        if allocation == "manual":
+            n = len(session.active_scores.layers)
+            if ratios_json and ratios_json.strip():
+                layer_ratios = parse_ratios(ratios_json, n)
+            elif session.plan is not None:
+                layer_ratios = session.plan.meta["layer_ratios"]
+            else:
+                layer_ratios = [(0.0, 0.0)] * n
+        _make(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, layer_ratios)
+    except (BipError, gr.Error) as err:
+        # Settings the plan cannot take: say why, keep the previous plan (and its views) as they are.
+        message = friendly(err).message
+        gr.Warning(message)
+        kept = "The previous plan is kept." if session.plan is not None else ""
+        return (readout_html(session.plan_summary, f"Not applied: {html.escape(message)} {kept}"),
+                figure_for(session, order, overlay), session.plan_summary, ratios_text(session.plan),
+                status_bar.render(session), editor_spec(session))
     return (*_outputs(session, order, overlay), editor_spec(session))
 
 
