@@ -59,8 +59,14 @@ def _use_compensation(setting, method: str, scores) -> bool:
         return False
     if setting != "auto":
         raise BipError(f"bias_compensation must be 'auto', 'on' or 'off' (got {setting!r}).")
-    layers = scores.layers
-    return method == "flap" and all("o_input_mean" in layer and "down_input_mean" in layer for layer in layers)
+    return is_centred(method, scores.meta.get("options", {})) and \
+        all("o_input_mean" in layer and "down_input_mean" in layer for layer in scores.layers)
+
+
+def is_centred(method: str, options: dict) -> bool:
+    """Scores that measure the change left AFTER bias compensation (FLAP's fluctuation, BIP's "std"
+    aggregation) are meant to be used with it: 'auto' compensates exactly those."""
+    return method == "flap" or (method == "bip" and options.get("aggregation") == "std")
 
 
 def write_chart(table: pd.DataFrame, path, title: str | None = None) -> Path:

@@ -33,7 +33,7 @@ def tolerance(plan: Plan) -> float:
 
 # ---- ratios -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("allocation", ("uniform", "global", "global-std"))
+@pytest.mark.parametrize("allocation", ("uniform", "global", "global-energy", "global-std"))
 def test_plans_hit_the_ratio_within_one_units_rounding(default_loaded, allocation):
     model = default_loaded.model
     for unit in units_for(model):
@@ -48,6 +48,25 @@ def test_plans_hit_the_ratio_within_one_units_rounding(default_loaded, allocatio
             removed = summary["params_before"] - summary["params_after"]
             assert summary["removed_total"] == pytest.approx(removed / params["total"])
             assert summary["removed_attention_mlp"] == pytest.approx(removed / params["attention_mlp"])
+
+
+def test_global_energy_ranks_squared_block_changes_per_parameter(tiny_model):
+    """One attention unit of score a vs n channels of score c: norms would charge the channels n*c,
+    energies n*c^2 (what their uncorrelated changes add up to)."""
+    import copy
+
+    scores = fake_scores(tiny_model, unit="kv_group")
+    plan_energy = make_plan(scores, tiny_model, 0.3, "global-energy")
+    costs = plan_energy.costs()
+    # squaring the scores turns "global-energy" into "global" on the squared scores
+    squared = copy.deepcopy(scores.to_dict())
+    for layer in squared["layers"]:
+        scale = layer.get("output_scale") or 1.0
+        layer["attention"] = [(a / scale) ** 2 for a in layer["attention"]]
+        layer["mlp"] = [(c / scale) ** 2 for c in layer["mlp"]]
+        layer["output_scale"] = 1.0
+    assert make_plan(squared, tiny_model, 0.3, "global").layers == plan_energy.layers
+    assert plan_energy.summary()["removed_attention_mlp"] == pytest.approx(0.3, abs=float(costs.unit_cost.max()) / costs.layer_params.sum())
 
 
 def test_uniform_removes_the_same_share_in_every_layer(tiny_model):

@@ -122,8 +122,8 @@ def test_bip_ablation_on_default_model(default_loaded, capsys):
     indices = (0, 11, 29)  # 11 holds a massive-activation channel
     inputs = block_inputs(model, tokenizer, indices)
     for unit in ("kv_group", "query_slot"):
-        bip = score(model, tokenizer, "bip", unit=unit, **CALIBRATION)
-        direct = score(model, tokenizer, "bip", unit=unit, lipschitz="zero", **CALIBRATION)
+        bip = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", **CALIBRATION)
+        direct = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="zero", **CALIBRATION)
         report = []
         for index in indices:
             check_block(model, inputs, index, unit, bip, direct, report)
@@ -137,8 +137,8 @@ def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
     units = ["head"] if geometry.n_rep == 1 else ["kv_group", "query_slot"]
     inputs = block_inputs(tiny_model, tokenizer, range(len(decoder_layers(tiny_model))))
     for unit in units:
-        bip = score(tiny_model, tokenizer, "bip", unit=unit, **CALIBRATION)
-        direct = score(tiny_model, tokenizer, "bip", unit=unit, lipschitz="zero", **CALIBRATION)
+        bip = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", **CALIBRATION)
+        direct = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="zero", **CALIBRATION)
         report = []
         for index in range(len(decoder_layers(tiny_model))):
             check_block(tiny_model, inputs, index, unit, bip, direct, report)

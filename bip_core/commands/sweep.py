@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--windows", type=int, default=None, help="perplexity windows (default all)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--bias-compensation", choices=("auto", "on", "off"), default="auto",
-                        help="FLAP-style bias compensation: auto = for flap only (default)")
+                        help="FLAP-style bias compensation: auto = for centred scores (flap, bip with aggregation=std; default)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense model's row")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", required=True, help="CSV path; the chart goes next to it as .html")

@@ -19,6 +19,10 @@ heads before the norm, computed as ||delta_tg||^2 = z_tg^T G_g z_tg with G_g = W
 aggregation (channels): "mean_abs" as above; "rms": sqrt(mean_t m_tj^2); "std": the centred
 variant (METHOD.md section 7 point 4): std_t(m_tj) for channels and (1 + L_l) * sqrt(mean_t
 ||delta_tg - mean delta_g||^2) for units, the change that remains after bias compensation.
+
+Default: "std" with the measured L, pruned with bias compensation and, for a global allocation,
+ranked by energy ("global-energy" in bip_core/plan.py): the best configuration on the wiki-bb valid
+split of the default model (benchmarks/ablations.py; README "Ablations").
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from ..calibration import LayerStats, RunningMoments, weight
 from .units import unit_query_heads
 
 PASS = "forward"
-DEFAULTS = {"aggregation": "mean_abs", "lipschitz": "measured", "lipschitz_quantile": 1.0,
+DEFAULTS = {"aggregation": "std", "lipschitz": "measured", "lipschitz_quantile": 1.0,
             "lipschitz_tokens": 128, "lipschitz_eps": 0.01}
 CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("measured", "zero")}
 LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
