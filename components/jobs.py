@@ -148,22 +148,22 @@ def require_model(session):
     return session.loaded
 
 
+def _need(value, message: str):
+    if value is None:
+        raise gr.Error(message, print_exception=False)
+    return value
+
+
 def require_scores(session):
     require_model(session)
-    if session.active_scores is None:
-        raise gr.Error("Score the model first (step 2, 'Score & tune').", print_exception=False)
-    return session.active_scores
+    return _need(session.active_scores, "Score the model first (step 2, 'Score & tune').")
 
 
 def require_plan(session):
     require_scores(session)
-    if session.plan is None:
-        raise gr.Error("Make a plan first (step 2: choose a ratio).", print_exception=False)
-    return session.plan
+    return _need(session.plan, "Make a plan first (step 2: choose a ratio).")
 
 
 def require_pruned(session):
     require_model(session)
-    if session.pruned is None:
-        raise gr.Error("Prune the model first (step 3, 'Prune').", print_exception=False)
-    return session.pruned
+    return _need(session.pruned, "Prune the model first (step 3, 'Prune').")

@@ -275,9 +275,10 @@ def render_editor(spec, on_edit):
                 gr.HTML(f'<div class="bip-layer-name">layer {i}</div>', elem_classes=["bip-layer-cell"],
                         padding=False)
                 sliders.append(gr.Slider(0, units, value=a, step=1, label=f"layer {i}: {spec['unit']}s removed",
-                                         show_label=False, key=f"att-{i}", preserved_by_key=None,
+                                         show_label=False, key=f"att-{i}", preserved_by_key=None, interactive=True,
                                          elem_classes=["bip-att-slider"], scale=2, min_width=120))
                 sliders.append(gr.Slider(0, 99, value=m, step=1, label=f"layer {i}: MLP % removed", show_label=False,
-                                         key=f"mlp-{i}", preserved_by_key=None, elem_classes=["bip-mlp-slider"],
+                                         key=f"mlp-{i}", preserved_by_key=None, interactive=True,
+                                         elem_classes=["bip-mlp-slider"],
                                          scale=3, min_width=160))
     on_edit(sliders)
