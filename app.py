@@ -101,9 +101,10 @@ def wire(demo, session, status, tabs, m, s, t, v, p, c, e, prune_tab, export_tab
     # 2 · Score: the new scores join the session's runs and become the active ones; the plan follows.
     def after_score(sess):
         return (tune_panel.scores_choices(sess), score_panel.lipschitz_figure(sess),
-                score_panel.scores_info(sess.active_scores), score_panel.save_scores(sess))
+                score_panel.scores_info(sess.active_scores), score_panel.save_scores(sess),
+                prune_panel.compensation_default(sess))
 
-    score_views = [v.shown, v.lipschitz, v.scores_info, v.scores_file]
+    score_views = [v.shown, v.lipschitz, v.scores_info, v.scores_file, p.bias]
     s.method.change(score_panel.option_visibility, [s.method], s.options, queue=False, show_progress="hidden",
                     api_visibility="private")
     guarded(s.run, score_panel.run_score,

@@ -6,6 +6,7 @@ import gradio as gr
 
 from bip_core.architecture import count_params, model_geometry
 from bip_core.surgery import prune_model
+from bip_core.sweep import is_centred
 
 from . import status_bar, texts
 from .context import attach
@@ -41,6 +42,22 @@ def build():
             gr.Markdown(texts.PRUNE, elem_classes=["bip-teach"])
     return SimpleNamespace(plan_info=plan_info, bias=bias, run=run, status=status, table=table, details=details,
                            next_step=next_step)
+
+
+def compensation_default(session):
+    """Tick bias compensation for centred scores (FLAP, LLM-BIP's default 'std'): they rank units by the
+    change left after it, so they are meant to be pruned with it (as the library's sweep does)."""
+    scores = session.active_scores if session is not None else None
+    if scores is None:
+        return gr.update()
+    meta = scores.meta
+    layers = scores.layers
+    has_means = all("o_input_mean" in layer and "down_input_mean" in layer for layer in layers)
+    centred = is_centred(meta.get("method"), meta.get("options") or {}) and has_means
+    info = ("recommended for these scores: they measure the change left after compensation" if centred else
+            "these scores measure the full change; compensation is optional" if has_means else
+            "needs scores with mean inputs (LLM-BIP, FLAP, Wanda-sp)")
+    return gr.update(value=centred, info=info, interactive=has_means)
 
 
 def plan_info(session) -> str:

@@ -18,7 +18,7 @@ CHOICE_LABELS = {("lipschitz", "measured"): "measured: (1 + L) x mean||delta||",
                  ("lipschitz", "zero"): "direct: L = 0 (ablation)",
                  ("aggregation", "mean_abs"): "mean |m| (exact output change)",
                  ("aggregation", "rms"): "RMS of m",
-                 ("aggregation", "std"): "std of m (after bias compensation)"}
+                 ("aggregation", "std"): "centred: std of m (the change left after bias compensation)"}
 SOURCE_LABELS = {"wiki-bb": "wiki-bb (Wikipedia, offline)", "wikitext2": "WikiText-2 (needs internet)",
                  "ptb": "PTB (needs internet)", "c4": "C4 (needs internet)"}
 UNIT_CHOICES = [("auto (KV group for GQA, head for MHA)", "auto"), ("KV group", "kv_group"),

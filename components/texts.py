@@ -34,11 +34,16 @@ SCORE = """\
 **What a score means.** LLM-BIP judges each unit by how much removing it changes the output of
 **its own block**, measured on calibration text in a single forward pass (no gradients).
 
-- **MLP channel j**: removing it changes the block output by exactly `W_down[:, j] * m_j`, so the
-  score `||W_down[:, j]|| * mean|m_j|` *is* the average output change (exact, not an estimate).
+- **MLP channel j**: removing it changes the block output by exactly `W_down[:, j] * m_j`, so
+  `||W_down[:, j]|| * mean|m_j|` *is* the average output change (exact, not an estimate).
 - **Attention unit**: removing it changes the residual by `delta` (its heads' share of `o_proj`).
   The MLP after it can amplify that change by at most its Lipschitz constant `L`, so the score is the
   upper bound `(1 + L) * mean||delta||`.
+
+The default *channel aggregation* is the **centred** variant (std of `m`, and of `delta`): the change
+that remains once bias compensation puts each removed unit's mean output back. It did best on the
+validation text, and Prune ticks bias compensation for such scores. Options switches to the plain
+mean |m| (exact change without compensation).
 
 Higher score = more important = kept. Colours are log10 of the score: a dark cell matters little.
 """
@@ -76,7 +81,7 @@ ALLOCATION = """\
 **Allocation**: *uniform* removes the same share of parameters in every layer (optionally skipping the
 first and last layers); *global (BIP ranking)* ranks all units and channels of all blocks together
 by score / block output size / parameters, so blocks whose output barely changes give up more;
-*global, squared changes* ranks the squares instead (independent changes add up as squares, so many
+*global, squared changes* (LLM-BIP's recommended global ranking) ranks the squares instead (independent changes add up as squares, so many
 small channels are not over-charged against a few large attention units); *global, standardised
 (FLAP)* standardises scores per layer first (FLAP's allocation); *manual* is whatever the per-layer
 sliders say, and moving a slider switches to it. Every layer keeps at least one attention unit unless

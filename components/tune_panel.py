@@ -18,7 +18,7 @@ ALLOCATION_LABELS = {"uniform": "uniform", "global": "global (BIP ranking)", "gl
 PRESETS = {  # name -> (ratio, allocation, skip_first, skip_last)
     "Paper-style uniform 20%": (0.2, "uniform", 0, 0),
     "Paper-style uniform 50%": (0.5, "uniform", 0, 0),
-    "Global 20%": (0.2, "global", 0, 0),
+    "Global (energy) 20%": (0.2, "global-energy", 0, 0),
     "FLAP-style global 20%": (0.2, "global-std", 0, 0),
 }
 ROUND_CHOICES = [("1 (exact)", 1), ("8", 8), ("16", 16), ("32", 32), ("64", 64)]

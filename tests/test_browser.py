@@ -98,13 +98,13 @@ def test_full_flow_in_a_browser(browser_page):
     page.wait_for_function("document.querySelector('#bip-readout').innerText.includes('50.0%')")
     shot(page, "04_uniform50")
 
-    page.get_by_role("button", name="Global 20%", exact=True).click()
+    page.get_by_role("button", name="Global (energy) 20%", exact=True).click()
     page.wait_for_function("document.querySelector('#bip-readout').innerText.includes('global')")
     page.get_by_text("Per-layer ratios (sliders)").click()
     rows = page.locator("#bip-layer-editor .bip-layer-grid .bip-layer-row")
     rows.first.wait_for()
     assert rows.count() == 30
-    # Layer 0 keeps all its attention (global allocation): remove one unit with its slider.
+    # Set layer 0's attention with its slider (one unit removed): the plan becomes manual.
     box = rows.first.locator(".bip-att-slider input[type=number]")
     box.fill("1")
     box.press("Enter")
