@@ -10,7 +10,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast browser bench clean
+.PHONY: setup demo test test-fast browser bench ablations clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ test: setup browser
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
+# README results (results/benchmark.csv + chart + the README table), and the valid-split ablations.
 bench: setup
-	$(PY) benchmarks/run_benchmark.py
+	$(PY) benchmarks/run_benchmark.py --update-readme
+
+ablations: setup
+	$(PY) benchmarks/ablations.py
 
 clean:
 	rm -rf $(VENV)
