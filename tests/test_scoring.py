@@ -371,8 +371,8 @@ def test_scoring_a_pruned_model(gqa_model, tokenizer):
         assert [len(layer["mlp"]) for layer in scores.layers] == [g.intermediate for g in geometry], method
         scores.check_matches(pruned)
         json.dumps(scores.to_dict(), allow_nan=False)  # savable: no NaN anywhere
-    # the channel scores of the emptied layer are still exact block-output changes
-    bip = score(pruned, tokenizer, "bip", **CALIBRATION)
+    # the channel scores (mean_abs: the paper's formula) of the emptied layer are still exact block-output changes
+    bip = score(pruned, tokenizer, "bip", aggregation="mean_abs", **CALIBRATION)
     x, kwargs = block_inputs(pruned, tokenizer, [0])[0]
     block = Block64(pruned, 0, x, kwargs)
     y, _ = block.run()
