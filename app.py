@@ -185,4 +185,7 @@ def serve(demo: gr.Blocks, settings: Settings | None = None, **overrides):
 demo = build()  # module level, as Hugging Face Spaces and `gradio app.py` expect
 
 if __name__ == "__main__":
+    # `make demo` / a Space: the first model of the picker (the default) is loaded before serving, so it is in
+    # memory when the page opens and "Load model" answers at once.
+    context.studio().store.get(context.studio().store.choices()[0])
     serve(demo)
