@@ -6,7 +6,8 @@ Other tools read it (plans, the app, sweeps); keep it stable. JSON layout:
         {"attention": [float, ...],               one per attention unit, unit order
          "mlp": [float, ...],                     one per MLP channel, channel order
          optional:
-         "lipschitz": float,                      bip: L_l of the block (0 with lipschitz="zero")
+         "lipschitz": float,                      bip: L_l used in the attention score (0 with lipschitz="zero")
+         "lipschitz_estimate": float,             bip: the measured L_l, whether used or not
          "output_scale": float,                   mean_t ||y_t||_2 of the block output
          "o_input_mean": [float, ...],            mean input of o_proj [heads*head_dim]
          "down_input_mean": [float, ...],         mean input of down_proj [intermediate]

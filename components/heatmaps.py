@@ -203,21 +203,29 @@ def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: s
 
 
 def lipschitz_chart(scores) -> go.Figure:
-    """Per-block Lipschitz estimates L_l (LLM-BIP only) and the attention factor 1 + L."""
+    """Per-block Lipschitz estimates L_l (LLM-BIP only), the attention factor 1 + L, and whether it was used.
+
+    Newer scores record the estimate even when the score used L = 0 (the default, direct score);
+    older ones only have "lipschitz", the L that was used."""
     d = as_dict(scores)
     layers = d.get("layers") or []
-    values = [layer.get("lipschitz") for layer in layers]
+    values = [layer.get("lipschitz_estimate", layer.get("lipschitz")) for layer in layers]
     if not layers or all(v is None for v in values):
         method = d.get("meta", {}).get("method", "this method")
         return empty_figure(f"No Lipschitz estimates: {method} has no Lipschitz factor (LLM-BIP has).", height=260)
     values = [float(v) if v is not None else float("nan") for v in values]
-    fig = go.Figure(go.Bar(x=list(range(len(values))), y=values, marker_color="#0ea5e9",
+    applied = any(layer.get("lipschitz") for layer in layers)
+    fig = go.Figure(go.Bar(x=list(range(len(values))), y=values, marker_color="#0ea5e9" if applied else "#94a3b8",
                            customdata=[1 + v for v in values],
                            hovertemplate="layer %{x}: L = %{y:.3f}<br>attention factor 1 + L = %{customdata:.3f}"
                                          "<extra></extra>"))
     fig.update_xaxes(title_text="layer", dtick=max(1, len(values) // 15))
     fig.update_yaxes(title_text="L (MLP Lipschitz estimate)", rangemode="tozero")
     if all(v == 0 for v in values if not math.isnan(v)):
-        fig.add_annotation(text="L = 0 everywhere (the 'direct' ablation)", x=0.5, y=0.9, xref="paper",
+        fig.add_annotation(text="L = 0 everywhere (the 'direct' score)", x=0.5, y=0.9, xref="paper",
                            yref="paper", showarrow=False)
-    return _layout(fig, "Per-block Lipschitz estimate L (attention scores are multiplied by 1 + L)", 280)
+    if applied:
+        title = "Per-block Lipschitz estimate L (attention scores are the bound (1 + L) x mean ||delta||)"
+    else:
+        title = "Per-block Lipschitz estimate L (shown, not used: attention scores are the direct mean ||delta||)"
+    return _layout(fig, title, 280)

@@ -143,8 +143,15 @@ def test_mlp_bins_sorted_and_by_index():
 def test_lipschitz_chart_explains_missing_values():
     d = fake_scores()
     assert len(heatmaps.lipschitz_chart(d).data) == 1
+    assert "the bound (1 + L)" in heatmaps.lipschitz_chart(d).layout.title.text
+    for layer in d["layers"]:  # the default direct score: estimate shown, not used
+        layer["lipschitz_estimate"], layer["lipschitz"] = layer["lipschitz"], 0.0
+    chart = heatmaps.lipschitz_chart(d)
+    assert list(chart.data[0].y) == [layer["lipschitz_estimate"] for layer in d["layers"]]
+    assert "not used" in chart.layout.title.text
     for layer in d["layers"]:
         layer.pop("lipschitz")
+        layer.pop("lipschitz_estimate")
     d["meta"]["method"] = "flap"
     assert "flap has no Lipschitz factor" in heatmaps.lipschitz_chart(d).layout.annotations[0].text
 

@@ -122,7 +122,7 @@ def test_bip_ablation_on_default_model(default_loaded, capsys):
     indices = (0, 11, 29)  # 11 holds a massive-activation channel
     inputs = block_inputs(model, tokenizer, indices)
     for unit in ("kv_group", "query_slot"):
-        bip = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", **CALIBRATION)
+        bip = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="measured", **CALIBRATION)
         direct = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="zero", **CALIBRATION)
         report = []
         for index in indices:
@@ -137,7 +137,8 @@ def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
     units = ["head"] if geometry.n_rep == 1 else ["kv_group", "query_slot"]
     inputs = block_inputs(tiny_model, tokenizer, range(len(decoder_layers(tiny_model))))
     for unit in units:
-        bip = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", **CALIBRATION)
+        bip = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="measured",
+                    **CALIBRATION)
         direct = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="zero", **CALIBRATION)
         report = []
         for index in range(len(decoder_layers(tiny_model))):
@@ -168,14 +169,18 @@ def test_centred_bip_is_the_change_left_after_bias_compensation(tiny_model, toke
 
 
 def test_lipschitz_and_output_scale_are_recorded(tiny_model, tokenizer):
-    scores = score(tiny_model, tokenizer, "bip", **CALIBRATION)
+    scores = score(tiny_model, tokenizer, "bip", lipschitz="measured", **CALIBRATION)
     x, kwargs = block_inputs(tiny_model, tokenizer, [0])[0]
     y, _ = Block64(tiny_model, 0, x, kwargs).run()
     layer = scores.layers[0]
     assert layer["lipschitz"] > 0
+    assert layer["lipschitz_estimate"] == layer["lipschitz"]
     assert layer["output_scale"] == pytest.approx(mean_norm(y), rel=1e-4)
-    zero = score(tiny_model, tokenizer, "bip", lipschitz="zero", **CALIBRATION).layers[0]
+    direct = score(tiny_model, tokenizer, "bip", **CALIBRATION)  # the default is the direct score, L = 0
+    assert direct.meta["options"]["lipschitz"] == "zero"
+    zero = direct.layers[0]
     assert zero["lipschitz"] == 0
+    assert zero["lipschitz_estimate"] == pytest.approx(layer["lipschitz"])  # still measured, for the chart
     ratio = torch.tensor(layer["attention"]) / torch.tensor(zero["attention"])
     assert torch.allclose(ratio, torch.full_like(ratio, 1 + layer["lipschitz"]), rtol=1e-5)
 
