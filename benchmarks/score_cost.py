@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = {  # label -> (method, options); "plain forward" and "hooks only" are the yardsticks
     "plain forward": (None, {}),
     "hooks only": (None, {}),
-    "bip": ("bip", {}),
-    "bip (L = 0)": ("bip", {"lipschitz": "zero"}),
-    "bip (std)": ("bip", {"aggregation": "std"}),
+    "bip": ("bip", {}),  # the default: centred, L = 0 (L still estimated, for the app's chart)
+    "bip (1+L)": ("bip", {"lipschitz": "measured"}),
+    "bip (mean_abs)": ("bip", {"aggregation": "mean_abs"}),
     "flap": ("flap", {}),
     "wanda-sp": ("wanda-sp", {}),
     "taylor": ("taylor", {}),

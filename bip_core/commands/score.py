@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--unit", choices=UNIT_KINDS, default=None,
                         help="attention unit (default: head for MHA, kv_group for GQA)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument("--lipschitz", choices=("measured", "zero"), default=None, help="bip: L_l per block or 0")
+    parser.add_argument("--lipschitz", choices=("measured", "zero"), default=None, help="bip: zero (default) scores an attention unit by its direct change; measured uses the bound (1 + L_l)")
     parser.add_argument("--aggregation", choices=("mean_abs", "rms", "std"), default=None,
                         help="bip: channel aggregation over tokens (std = centred variant)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

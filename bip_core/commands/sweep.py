@@ -3,7 +3,7 @@
 
 Scores once per method, evaluates every ratio and allocation (perplexity, paper protocol), writes the
 table (CSV, rewritten after every row) and a plotly chart next to it (results.html: PPL vs ratio per
-method, log y). Method options: `bip:aggregation=rms`, `bip:lipschitz=zero`, ...
+method, log y). Method options: `bip:aggregation=rms`, `bip:lipschitz=measured`, ...
 """
 from __future__ import annotations
 
