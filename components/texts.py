@@ -84,11 +84,11 @@ head included) and how many remain: papers mix these up. LLM-Pruner's "20%", for
 
 ALLOCATION = """\
 **Allocation**: *uniform* removes the same share of parameters in every layer (optionally skipping the
-first and last layers); *global (BIP ranking)* ranks all units and channels of all blocks together
-by score / block output size / parameters, so blocks whose output barely changes give up more;
-*global, squared changes* (LLM-BIP's recommended global ranking) ranks the squares instead (independent changes add up as squares, so many
-small channels are not over-charged against a few large attention units); *global, standardised
-(FLAP)* standardises scores per layer first (FLAP's allocation); *manual* is whatever the per-layer
+first and last layers); *global, relative changes* ranks all units and channels of all blocks
+together by score / block output size / parameters, so blocks whose output barely changes give up
+more; *global, squared changes (LLM-BIP)*, the best global ranking for LLM-BIP on the validation
+text, ranks the squares instead (independent changes add up as squares, so many small channels are
+not over-charged against a few large attention units); *global, standardised (FLAP)* standardises scores per layer first (FLAP's allocation); *manual* is whatever the per-layer
 sliders say, and moving a slider switches to it. Every layer keeps at least one attention unit unless
 you allow removing whole attention sub-blocks.
 """

@@ -13,7 +13,8 @@ from . import heatmaps, status_bar, texts
 from .context import attach
 from .jobs import friendly, ui_errors
 
-ALLOCATION_LABELS = {"uniform": "uniform", "global": "global (BIP ranking)", "global-energy": "global, squared changes",
+ALLOCATION_LABELS = {"uniform": "uniform", "global": "global, relative changes",
+                     "global-energy": "global, squared changes (LLM-BIP)",
                      "global-std": "global, standardised (FLAP)", "manual": "manual (per-layer sliders)"}
 PRESETS = {  # name -> (ratio, allocation, skip_first, skip_last)
     "Paper-style uniform 20%": (0.2, "uniform", 0, 0),
