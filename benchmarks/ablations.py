@@ -25,13 +25,14 @@ from bip_core.sweep import sweep, write_chart  # noqa: E402
 
 # (label, sweep method spec, bias compensation, allocations, calibration samples, calibration seed). The
 # first row is the default configuration under every allocation; each other row changes one choice of
-# it. The seed rows repeat the deciding comparisons (L = 0 vs the measured L, and FLAP) on other
+# it. The seed rows repeat the deciding comparisons (the attention factor: directional gain, L = 0, the (1 + L) bound; and FLAP) on other
 # calibration windows, because single-seed gaps under ~15% are noise (METHOD.md section 7 point 6).
 BASE_ALLOCATION = "global-energy"
 ALL = ["uniform", "global", "global-energy", "global-std"]
 FLAP_BEST = ["global-energy", "global-std"]
 VARIANTS = [
-    ("bip (default: std, L=0, kv_group, +comp)", "bip", "on", ALL, 64, 0),
+    ("bip (default: std, directional gain, kv_group, +comp)", "bip", "on", ALL, 64, 0),
+    ("bip L=0: direct change, no gain", "bip:lipschitz=zero", "on", [BASE_ALLOCATION, "global-std"], 64, 0),
     ("bip measured L: (1+L) bound", "bip:lipschitz=measured", "on", [BASE_ALLOCATION, "global-std"], 64, 0),
     ("bip without compensation", "bip", "off", [BASE_ALLOCATION], 64, 0),
     ("bip mean_abs (paper formula), measured L, no comp", "bip:aggregation=mean_abs:lipschitz=measured", "off",
@@ -43,6 +44,8 @@ VARIANTS = [
     ("flap +comp", "flap", "on", ALL, 64, 0),
     ("bip default, seed 1", "bip", "on", [BASE_ALLOCATION], 64, 1),
     ("bip default, seed 2", "bip", "on", [BASE_ALLOCATION], 64, 2),
+    ("bip L=0, seed 1", "bip:lipschitz=zero", "on", [BASE_ALLOCATION], 64, 1),
+    ("bip L=0, seed 2", "bip:lipschitz=zero", "on", [BASE_ALLOCATION], 64, 2),
     ("bip measured L, seed 1", "bip:lipschitz=measured", "on", [BASE_ALLOCATION], 64, 1),
     ("bip measured L, seed 2", "bip:lipschitz=measured", "on", [BASE_ALLOCATION], 64, 2),
     ("flap +comp, seed 1", "flap", "on", FLAP_BEST, 64, 1),

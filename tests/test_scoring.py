@@ -148,6 +148,26 @@ def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
             print(f"\n[{tiny_model.config.model_type} {unit}] largest measured/bound = {worst:.3f}")
 
 
+def test_directional_gain_makes_unit_scores_the_measured_block_output_change(tiny_model, tokenizer):
+    """With every calibration token probed (72 <= lipschitz_tokens), gain_g * mean_t ||delta_tg|| is
+    exactly mean_t ||Delta y_tg||: the block-output change of removing unit g, through the MLP."""
+    geometry = model_geometry(tiny_model)[0]
+    units = ["head"] if geometry.n_rep == 1 else ["kv_group", "query_slot"]
+    layers = range(len(decoder_layers(tiny_model)))
+    inputs = block_inputs(tiny_model, tokenizer, layers)
+    for unit in units:
+        scores = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="directional",
+                       **CALIBRATION)
+        for index in layers:
+            block = Block64(tiny_model, index, *inputs[index])
+            y, _ = block.run()
+            layer, geom = scores.layers[index], model_geometry(tiny_model)[index]
+            assert len(layer["unit_gain"]) == geom.num_units(unit)
+            for g in range(geom.num_units(unit)):
+                y_cut, _ = block.without("o_proj", head_channels(geom.unit_heads(unit, g)[0], geom.head_dim))
+                assert layer["attention"][g] == pytest.approx(mean_norm(y - y_cut), rel=1e-4), (unit, index, g)
+
+
 def test_centred_bip_is_the_change_left_after_bias_compensation(tiny_model, tokenizer):
     """aggregation="std": channel score = RMS block-output change with the channel's mean added back as
     a bias; unit score (L = 0) = RMS change of h with the unit's mean output added back."""
@@ -176,9 +196,8 @@ def test_lipschitz_and_output_scale_are_recorded(tiny_model, tokenizer):
     assert layer["lipschitz"] > 0
     assert layer["lipschitz_estimate"] == layer["lipschitz"]
     assert layer["output_scale"] == pytest.approx(mean_norm(y), rel=1e-4)
-    direct = score(tiny_model, tokenizer, "bip", **CALIBRATION)  # the default is the direct score, L = 0
-    assert direct.meta["options"]["lipschitz"] == "zero"
-    zero = direct.layers[0]
+    assert score(tiny_model, tokenizer, "bip", **CALIBRATION).meta["options"]["lipschitz"] == "directional"
+    zero = score(tiny_model, tokenizer, "bip", lipschitz="zero", **CALIBRATION).layers[0]
     assert zero["lipschitz"] == 0
     assert zero["lipschitz_estimate"] == pytest.approx(layer["lipschitz"])  # still measured, for the chart
     ratio = torch.tensor(layer["attention"]) / torch.tensor(zero["attention"])

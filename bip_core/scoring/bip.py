@@ -37,9 +37,9 @@ from ..calibration import LayerStats, RunningMoments, weight
 from .units import unit_query_heads
 
 PASS = "forward"
-DEFAULTS = {"aggregation": "std", "lipschitz": "zero", "lipschitz_quantile": 1.0,
+DEFAULTS = {"aggregation": "std", "lipschitz": "directional", "lipschitz_quantile": 1.0,
             "lipschitz_tokens": 128, "lipschitz_eps": 0.01}
-CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("measured", "zero")}
+CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("measured", "zero", "directional")}
 LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
           "lipschitz_tokens": (lambda n: n >= 1, ">= 1"),
           "lipschitz_eps": (lambda eps: eps > 0, "> 0")}
@@ -58,6 +58,10 @@ class Stats(LayerStats):
         self.unit_moments = RunningMoments(covariance=True)  # of z_tg, for "std"
         self.channel_moments = RunningMoments()  # of m_tj, for "std"
         self.lipschitz_ratios: list[torch.Tensor] = []
+        self.directional = options["lipschitz"] == "directional"
+        self.probe_tokens = self.probe_z = None  # "directional": tokens picked in this batch and their z
+        self.gain_sums = torch.zeros(2, self.units)  # sum_t ||Delta y_tg||, sum_t ||delta_tg|| on probed tokens
+        self.gain_tokens = 0
         self.generator = torch.Generator().manual_seed(int(seed) * 100_003 + index)
 
     # ---- attention: mean_t ||W_g z_tg|| ----------------------------------------------------------
@@ -81,6 +85,7 @@ class Stats(LayerStats):
         if not self.units:  # attention pruned away
             return
         z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
+        self.pick_gain_tokens(z_units)
         if self.centred:
             self.unit_moments.add(z_units)
             return
@@ -101,6 +106,8 @@ class Stats(LayerStats):
 
     # ---- L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens ------------------------------------------
     def on_mlp_input(self, h):
+        if self.probe_tokens is not None:
+            self.measure_gains(h)
         wanted = self.options["lipschitz_tokens"] - sum(len(r) for r in self.lipschitz_ratios)
         if wanted <= 0:
             return
@@ -114,6 +121,34 @@ class Stats(LayerStats):
         e = (probe[len(h):] - probe[:len(h)]).float()  # e as the model's dtype rounded it
         ratio = (f[len(h):] - f[:len(h)]).norm(dim=-1) / e.norm(dim=-1)
         self.lipschitz_ratios.append(ratio.cpu())
+
+    # ---- "directional": the MLP's gain along each unit's own change, on a few tokens ----------------
+    #   gain_g = sum_t ||delta_tg + F(h_t) - F(h_t - delta_tg)|| / sum_t ||delta_tg||  (the measured
+    #   block-output change of removing unit g over its residual change; delta centred on the batch
+    #   mean for "std", i.e. with the mean put back as compensation does)
+    def pick_gain_tokens(self, z_units: torch.Tensor) -> None:
+        wanted = self.options["lipschitz_tokens"] - self.gain_tokens
+        if not self.directional or wanted <= 0:
+            self.probe_tokens = None
+            return
+        picked = torch.randperm(z_units.shape[1], generator=self.generator)[:wanted].to(z_units.device)
+        centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
+        self.probe_tokens, self.probe_z = picked, (z_units - centre)[:, picked]  # [units, k, unit_width]
+
+    def measure_gains(self, h: torch.Tensor) -> None:
+        h = h[self.probe_tokens]  # [k, hidden]
+        w_units = self.unit_inputs(weight(self.parts.o_proj).to(h.device))  # [units, hidden, unit_width]
+        delta = self.probe_z @ w_units.transpose(1, 2)  # [units, k, hidden]
+        probe = torch.cat([h[None], (h.float()[None] - delta).to(h.dtype)])  # [1 + units, k, hidden]
+        with self.silenced():
+            f = self.parts.mlp(self.parts.post_norm(probe)).float()
+        change = delta + f[:1] - f[1:]  # Delta y_tg = y_t - y_t(without g)  [units, k, hidden]
+        self.gain_sums += torch.stack([change.norm(dim=-1).sum(1), delta.norm(dim=-1).sum(1)]).cpu()
+        self.gain_tokens += h.shape[0]
+        self.probe_tokens = self.probe_z = None
+
+    def unit_gains(self) -> torch.Tensor:  # [units]
+        return self.gain_sums[0] / self.gain_sums[1].clamp_min(1e-30)
 
     def lipschitz_estimate(self) -> float:
         if not self.lipschitz_ratios:
@@ -141,7 +176,11 @@ class Stats(LayerStats):
         estimate = self.lipschitz_estimate()
         lipschitz = estimate if self.options["lipschitz"] == "measured" else 0.0
         column_norm = weight(self.parts.down_proj).norm(dim=0).cpu()  # ||W_down[:, j]||_2  [intermediate]
-        out["attention"] = (1 + lipschitz) * self.unit_change()
+        if self.directional and self.units:
+            out["unit_gain"] = self.unit_gains()
+            out["attention"] = out["unit_gain"] * self.unit_change()
+        else:
+            out["attention"] = (1 + lipschitz) * self.unit_change()
         out["mlp"] = column_norm * self.channel_activity()
         out["lipschitz"] = lipschitz
         out["lipschitz_estimate"] = estimate
