@@ -8,6 +8,7 @@ Other tools read it (plans, the app, sweeps); keep it stable. JSON layout:
          optional:
          "lipschitz": float,                      bip: L_l used in the attention score (0 with lipschitz="zero")
          "lipschitz_estimate": float,             bip: the measured L_l, whether used or not
+         "unit_gain": [float, ...],               bip, lipschitz="directional": attention factor per unit
          "output_scale": float,                   mean_t ||y_t||_2 of the block output
          "o_input_mean": [float, ...],            mean input of o_proj [heads*head_dim]
          "down_input_mean": [float, ...],         mean input of down_proj [intermediate]

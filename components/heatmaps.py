@@ -203,29 +203,35 @@ def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: s
 
 
 def lipschitz_chart(scores) -> go.Figure:
-    """Per-block Lipschitz estimates L_l (LLM-BIP only), the attention factor 1 + L, and whether it was used.
+    """LLM-BIP's attention factor per block: the Lipschitz bound 1 + L_l (bars) and, for the default
+    "directional" scores, the MLP's measured gain along each unit's own change (dots, one per unit).
 
-    Newer scores record the estimate even when the score used L = 0 (the default, direct score);
-    older ones only have "lipschitz", the L that was used."""
+    The title says which factor the scores used: the gain (directional), the bound (measured) or none
+    (zero: the direct change). Older scores have only "lipschitz", the L that was used."""
     d = as_dict(scores)
     layers = d.get("layers") or []
     values = [layer.get("lipschitz_estimate", layer.get("lipschitz")) for layer in layers]
     if not layers or all(v is None for v in values):
         method = d.get("meta", {}).get("method", "this method")
         return empty_figure(f"No Lipschitz estimates: {method} has no Lipschitz factor (LLM-BIP has).", height=260)
-    values = [float(v) if v is not None else float("nan") for v in values]
-    applied = any(layer.get("lipschitz") for layer in layers)
-    fig = go.Figure(go.Bar(x=list(range(len(values))), y=values, marker_color="#0ea5e9" if applied else "#94a3b8",
-                           customdata=[1 + v for v in values],
-                           hovertemplate="layer %{x}: L = %{y:.3f}<br>attention factor 1 + L = %{customdata:.3f}"
-                                         "<extra></extra>"))
-    fig.update_xaxes(title_text="layer", dtick=max(1, len(values) // 15))
-    fig.update_yaxes(title_text="L (MLP Lipschitz estimate)", rangemode="tozero")
-    if all(v == 0 for v in values if not math.isnan(v)):
-        fig.add_annotation(text="L = 0 everywhere (the 'direct' score)", x=0.5, y=0.9, xref="paper",
-                           yref="paper", showarrow=False)
-    if applied:
-        title = "Per-block Lipschitz estimate L (attention scores are the bound (1 + L) x mean ||delta||)"
-    else:
-        title = "Per-block Lipschitz estimate L (shown, not used: attention scores are the direct mean ||delta||)"
-    return _layout(fig, title, 280)
+    bound = [1 + float(v) if v is not None else float("nan") for v in values]
+    gains = [layer.get("unit_gain") or [] for layer in layers]
+    used = "gain" if any(gains) else ("bound" if any(layer.get("lipschitz") for layer in layers) else "none")
+    fig = go.Figure(go.Bar(x=list(range(len(bound))), y=bound, name="bound 1 + L (random directions)",
+                           marker_color="#0ea5e9" if used == "bound" else "#94a3b8",
+                           hovertemplate="layer %{x}: bound 1 + L = %{y:.2f}<extra></extra>"))
+    if used == "gain":
+        xs = [i for i, g in enumerate(gains) for _ in g]
+        units = [u for g in gains for u in range(len(g))]
+        fig.add_trace(go.Scatter(x=xs, y=[v for g in gains for v in g], mode="markers", customdata=units,
+                                 name="measured gain along each unit's change", marker=dict(color="#7c3aed", size=7),
+                                 hovertemplate="layer %{x}, unit %{customdata}: gain %{y:.2f}<extra></extra>"))
+    fig.update_xaxes(title_text="layer", dtick=max(1, len(bound) // 15))
+    fig.update_yaxes(title_text="attention factor (log)", type="log")
+    fig.update_layout(legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0))
+    title = {"gain": "Attention factor per block: measured gain along each unit's change (dots, used) vs the "
+                     "bound 1 + L (bars)",
+             "bound": "Attention factor per block: the bound 1 + L (used: scores are (1 + L) x mean ||delta||)",
+             "none": "Attention factor per block: the bound 1 + L (shown, not used: scores are the direct "
+                     "mean ||delta||)"}[used]
+    return _layout(fig, title, 300)

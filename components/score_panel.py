@@ -14,8 +14,9 @@ METHOD_LABELS = {"bip": "LLM-BIP", "flap": "FLAP", "wanda-sp": "Wanda-sp", "tayl
                  "magnitude": "Magnitude", "random": "Random"}
 OPTION_LABELS = {"aggregation": "Channel aggregation", "lipschitz": "Lipschitz factor", "norm": "Norm",
                  "weights": "Weights", "variant": "Variant"}
-CHOICE_LABELS = {("lipschitz", "measured"): "bound: (1 + L) x mean||delta|| (ablation)",
-                 ("lipschitz", "zero"): "direct: mean||delta||, L = 0",
+CHOICE_LABELS = {("lipschitz", "directional"): "measured gain of the MLP along the unit's change x mean||delta||",
+                 ("lipschitz", "measured"): "bound: (1 + L) x mean||delta|| (ablation)",
+                 ("lipschitz", "zero"): "direct: mean||delta||, L = 0 (ablation)",
                  ("aggregation", "mean_abs"): "mean |m| (exact output change)",
                  ("aggregation", "rms"): "RMS of m",
                  ("aggregation", "std"): "centred: std of m (the change left after bias compensation)"}
@@ -47,7 +48,8 @@ def scores_label(meta: dict) -> str:
     defaults = scoring.method_options(method) if method in scoring.METRICS else {}
     for key, value in (meta.get("options") or {}).items():
         if defaults.get(key) != value:
-            parts.append({("lipschitz", "zero"): "L = 0", ("lipschitz", "measured"): "(1 + L) bound"}.get(
+            parts.append({("lipschitz", "zero"): "L = 0", ("lipschitz", "measured"): "(1 + L) bound",
+                          ("lipschitz", "directional"): "directional gain"}.get(
                 (key, value), f"{key}={value}"))
     if meta.get("unit") and meta.get("unit") != "kv_group":
         parts.append(meta["unit"])

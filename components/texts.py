@@ -36,11 +36,13 @@ SCORE = """\
 
 - **MLP channel j**: removing it changes the block output by exactly `W_down[:, j] * m_j`, so
   `||W_down[:, j]|| * mean|m_j|` *is* the average output change (exact, not an estimate).
-- **Attention unit**: removing it changes the residual by `delta` (its heads' share of `o_proj`).
-  The MLP after it can amplify that change by at most its Lipschitz constant `L`, which gives the
-  upper bound `(1 + L) * mean||delta||`. By default the score is the *direct* change
-  `mean||delta||` (L = 0): it pruned better on the validation text, because the bound is loose by a
-  factor that differs from block to block. Options -> *Lipschitz factor* switches to the bound.
+- **Attention unit**: removing it changes the residual by `delta` (its heads' share of `o_proj`),
+  and the MLP after it carries that change into the block output. LLM-BIP bounds this with the
+  MLP's Lipschitz constant, `(1 + L) * mean||delta||`; by default the score uses the MLP's
+  **measured gain along the unit's own change** instead (on 128 calibration tokens), so it is the
+  measured block-output change of removing the unit. It pruned better on the validation text than
+  the bound (loose, and by a different factor in every block) and than `delta` alone.
+  Options -> *Lipschitz factor* switches between the three.
 
 The default *channel aggregation* is the **centred** variant (std of `m`, and of `delta`): the change
 that remains once bias compensation puts each removed unit's mean output back. It did best on the
@@ -51,16 +53,16 @@ Higher score = more important = kept. Colours are log10 of the score: a dark cel
 """
 
 LIPSCHITZ = """\
-**Why the Lipschitz factor.** A change of the attention output also passes through the block's MLP
-(with its norm), F. `L` is measured per block in the same pass as the largest ratio
-`||F(h + e) - F(h)|| / ||e||` over calibration tokens, for small random `e` (1% of `||h||`). It scales
-all attention units of a block alike, so it matters when attention and MLP, or different blocks,
-are ranked against each other (global allocation). Softmax attention itself is never bounded: each
-unit's output change is measured. The chart always shows `L`; the scores use it only with
-*bound: (1 + L)* (Options). With the default *direct* score (L = 0) the bars are grey. On the
-default model `1 + L` ranges from about 1.6 to 37 between blocks: the bound protects attention in
-some blocks far more than in others, which is why the direct score allocates better. Only LLM-BIP
-has this factor.
+**Why a Lipschitz factor.** A change of the attention output also passes through the block's MLP
+(with its norm), F. The bars show the bound `1 + L`, where `L` is measured per block in the same
+pass as the largest ratio `||F(h + e) - F(h)|| / ||e||` over calibration tokens, for small random
+`e` (1% of `||h||`). The dots show what the default score uses: the gain measured along each unit's
+*own* change, `||delta + F(h) - F(h - delta)|| / ||delta||`. On the default model the gain is about 1
+in most blocks, about 8 in layer 0 and about 2 in layer 11 (where a massive activation appears),
+while the bound is 1.6 to 37: a worst case over random directions says little about the direction
+a unit actually moves the residual. The factor scales attention against MLP channels, and blocks
+against each other, so it matters for global allocations. Softmax attention itself is never bounded:
+each unit's output change is measured. Only LLM-BIP has this factor.
 """
 
 METHODS = """\

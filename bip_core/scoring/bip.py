@@ -1,33 +1,40 @@
 """LLM-BIP: block-wise forward importance propagation (METHOD.md section 2), one forward pass.
 
 Block l, token t: z_tk = output of head k (o_proj input), h_t = x_t + a_t, m_tj = down_proj input,
-y_t = h_t + sum_j W_down[:, j] m_tj, F(h) = MLP(RMSNorm2(h)).
+y_t = h_t + sum_j W_down[:, j] m_tj, F(h) = MLP(RMSNorm2(h)), delta_tg = sum_{k in g} W_O^(k) z_tk.
 
-    I_ch(l, j)  = ||W_down[:, j]||_2 * mean_t |m_tj|                        exact block-output change
-    I_att(l, g) = (1 + L_l) * mean_t ||sum_{k in g} W_O^(k) z_tk||_2        upper bound
-    L_l         = max (or a quantile) over sampled tokens of ||F(h+e) - F(h)|| / ||e||,
-                  e random with ||e|| = eps * ||h||;  lipschitz="zero" ("direct") uses L_l = 0
+    I_ch(l, j)  = ||W_down[:, j]||_2 * mean_t |m_tj|               exact block-output change
+    I_att(l, g) = A_lg * mean_t ||delta_tg||_2                     A_lg: the attention factor
 
-L_l is always measured (about 4% of the pass) and recorded as "lipschitz_estimate" for the app's
-teaching chart; "lipschitz" is the L_l the attention score used. It is measured on `lipschitz_tokens` tokens drawn at random (seeded) from the first calibration
-batches. It is a local, random-direction estimate, not a certified Lipschitz constant: single tokens
-can exceed (1 + L_l) ||delta||; the mean over tokens stayed well inside the bound in every test.
+How far the MLP after the attention carries a unit's change into the block output (lipschitz=):
+    "directional" (default)  A_lg = sum_t ||delta_tg + F(h_t) - F(h_t - delta_tg)|| / sum_t ||delta_tg||
+                             on the probe tokens: the MLP's measured gain along the unit's own change,
+                             so I_att is the measured block-output change of removing the unit
+                             (exactly so when every calibration token is probed)
+    "measured"               A_lg = 1 + L_l, an upper bound, with
+                             L_l = max (or a quantile) over probe tokens of ||F(h+e) - F(h)|| / ||e||,
+                             e random with ||e|| = eps * ||h||
+    "zero"                   A_lg = 1 ("direct": the residual change only)
 
-The unit's output delta_tg = W_g z_tg (W_g: o_proj columns of the unit's heads) is summed over its
-heads before the norm, computed as ||delta_tg||^2 = z_tg^T G_g z_tg with G_g = W_g^T W_g
-([unit channels]^2, far smaller than o_proj itself when a unit is a fraction of the heads).
+The probe tokens are `lipschitz_tokens` tokens drawn at random (seeded) from the first calibration
+batches. L_l is always estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
+"lipschitz" is the L_l the score used, "unit_gain" the directional factors. L_l is a local,
+random-direction estimate, not a certified constant: single tokens can exceed (1 + L_l) ||delta||.
+
+||delta_tg||^2 = z_tg^T G_g z_tg with G_g = W_g^T W_g (W_g: o_proj columns of the unit's heads;
+[unit channels]^2, far smaller than o_proj itself when a unit is a fraction of the heads).
 
 aggregation (channels): "mean_abs" as above; "rms": sqrt(mean_t m_tj^2); "std": the centred
-variant (METHOD.md section 7 point 4): std_t(m_tj) for channels and (1 + L_l) * sqrt(mean_t
-||delta_tg - mean delta_g||^2) for units, the change that remains after bias compensation.
+variant (METHOD.md section 7 point 4): std_t(m_tj) for channels and A_lg * sqrt(mean_t
+||delta_tg - mean delta_g||^2) for units, the change that remains after bias compensation (the
+directional gain is then measured on the centred change, with the batch mean put back).
 
-Default: "std" with L = 0 (the direct, measured change of the unit instead of the (1 + L) bound),
-pruned with bias compensation and, for a global allocation, ranked by energy ("global-energy" in
-bip_core/plan.py): the best configuration on the wiki-bb valid split of the default model
-(benchmarks/ablations.py; README "Ablations"). Why L = 0 wins: channel scores are exact changes and the
-unit's own change mean ||delta|| is close to its measured effect (METHOD.md section 7 point 2), while
-1 + L_l is 1.6-37 on the default model and differs per block, so the bound over-protects attention
-units against channels, and more so in some blocks than in others.
+Default: "std" with the directional factor, pruned with bias compensation and, for a global
+allocation, ranked by energy ("global-energy" in bip_core/plan.py): the best configuration on the
+wiki-bb valid split of the default model over three calibration seeds (benchmarks/ablations.py;
+README "Choosing LLM-BIP's configuration"). The gain is about 1 in most blocks of the default model
+and 2-10 where the MLP amplifies attention (layer 0, and layer 11 with its massive activation),
+while the bound 1 + L_l is 1.6-37 and over-protects attention everywhere.
 """
 from __future__ import annotations
 
