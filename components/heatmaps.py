@@ -229,9 +229,7 @@ def lipschitz_chart(scores) -> go.Figure:
     fig.update_xaxes(title_text="layer", dtick=max(1, len(bound) // 15))
     fig.update_yaxes(title_text="attention factor (log)", type="log")
     fig.update_layout(legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0))
-    title = {"gain": "Attention factor per block: measured gain along each unit's change (dots, used) vs the "
-                     "bound 1 + L (bars)",
-             "bound": "Attention factor per block: the bound 1 + L (used: scores are (1 + L) x mean ||delta||)",
-             "none": "Attention factor per block: the bound 1 + L (shown, not used: scores are the direct "
-                     "mean ||delta||)"}[used]
+    title = {"gain": "Attention factor: measured gains (dots, used) vs the bound 1 + L (bars)",
+             "bound": "Attention factor: the bound 1 + L (used: scores are (1 + L) x mean ||delta||)",
+             "none": "Attention factor: the bound 1 + L (shown, not used: scores are mean ||delta||)"}[used]
     return _layout(fig, title, 300)

@@ -122,7 +122,7 @@ def build_view():
     figure = gr.Plot(heatmaps.empty_figure("No scores yet: load a model, then press Score."), show_label=False,
                      elem_id="bip-heatmap")
     gr.Markdown(texts.OVERLAY, elem_classes=["bip-teach", "bip-small"])
-    with gr.Accordion("Per-block Lipschitz estimate", open=True):
+    with gr.Accordion("Per-block attention factor: Lipschitz bound and measured gain", open=True):
         lipschitz = gr.Plot(heatmaps.empty_figure("No scores yet.", height=240), show_label=False,
                             elem_id="bip-lipschitz")
     editor = gr.State(None)
