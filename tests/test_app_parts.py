@@ -143,12 +143,17 @@ def test_mlp_bins_sorted_and_by_index():
 def test_lipschitz_chart_explains_missing_values():
     d = fake_scores()
     assert len(heatmaps.lipschitz_chart(d).data) == 1
-    assert "the bound (1 + L)" in heatmaps.lipschitz_chart(d).layout.title.text
-    for layer in d["layers"]:  # the default direct score: estimate shown, not used
+    assert "(used: scores are (1 + L)" in heatmaps.lipschitz_chart(d).layout.title.text
+    for layer in d["layers"]:  # the direct score (L = 0): the bound is shown, not used
         layer["lipschitz_estimate"], layer["lipschitz"] = layer["lipschitz"], 0.0
     chart = heatmaps.lipschitz_chart(d)
-    assert list(chart.data[0].y) == [layer["lipschitz_estimate"] for layer in d["layers"]]
-    assert "not used" in chart.layout.title.text
+    assert list(chart.data[0].y) == [1 + layer["lipschitz_estimate"] for layer in d["layers"]]
+    assert "not used" in chart.layout.title.text and len(chart.data) == 1
+    for layer in d["layers"]:  # the default: one measured gain per unit, drawn as dots
+        layer["unit_gain"] = [1.0 + 0.1 * u for u in range(len(layer["attention"]))]
+    chart = heatmaps.lipschitz_chart(d)
+    assert len(chart.data) == 2 and len(chart.data[1].y) == sum(len(layer["attention"]) for layer in d["layers"])
+    assert "dots, used" in chart.layout.title.text
     for layer in d["layers"]:
         layer.pop("lipschitz")
         layer.pop("lipschitz_estimate")
