@@ -1,5 +1,5 @@
 """`python -m bip_core score --model SPEC --method NAME --data SOURCE --samples N --seq-len L --seed S
-[--unit U] [--lipschitz measured|zero] [--aggregation mean_abs|rms|std] [--option KEY=VALUE] --out scores.json`"""
+[--unit U] [--lipschitz directional|measured|zero] [--aggregation mean_abs|rms|std] [--option KEY=VALUE] --out scores.json`"""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,7 @@ from .common import add_model_argument, print_json
 def add_arguments(parser) -> None:
     from ..architecture import UNIT_KINDS
     from ..data import describe_sources
-    from ..scoring import METHODS
+    from ..scoring import METHODS, METRICS
 
     add_model_argument(parser)
     parser.add_argument("--method", default="bip", help=f"one of {', '.join(METHODS)} (default bip)")
@@ -21,8 +21,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--unit", choices=UNIT_KINDS, default=None,
                         help="attention unit (default: head for MHA, kv_group for GQA)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument("--lipschitz", choices=("measured", "zero"), default=None, help="bip: zero (default) scores an attention unit by its direct change; measured uses the bound (1 + L_l)")
-    parser.add_argument("--aggregation", choices=("mean_abs", "rms", "std"), default=None,
+    bip_choices = METRICS["bip"].CHOICES
+    parser.add_argument("--lipschitz", choices=bip_choices["lipschitz"], default=None,
+                        help="bip attention factor: directional (default, the MLP's measured gain along the "
+                             "unit's change), measured (the bound 1 + L_l) or zero (none)")
+    parser.add_argument("--aggregation", choices=bip_choices["aggregation"], default=None,
                         help="bip: channel aggregation over tokens (std = centred variant)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="any other method option, e.g. norm=l1 (magnitude), variant=vector (taylor)")
