@@ -46,7 +46,7 @@ from .units import unit_query_heads
 PASS = "forward"
 DEFAULTS = {"aggregation": "std", "lipschitz": "directional", "lipschitz_quantile": 1.0,
             "lipschitz_tokens": 128, "lipschitz_eps": 0.01}
-CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("measured", "zero", "directional")}
+CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("directional", "measured", "zero")}
 LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
           "lipschitz_tokens": (lambda n: n >= 1, ">= 1"),
           "lipschitz_eps": (lambda eps: eps > 0, "> 0")}
