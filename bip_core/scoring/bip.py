@@ -16,8 +16,8 @@ How far the MLP after the attention carries a unit's change into the block outpu
                              e random with ||e|| = eps * ||h||
     "zero"                   A_lg = 1 ("direct": the residual change only)
 
-Each probe (L and the gains, separately) uses `lipschitz_tokens` tokens drawn at random (seeded) from the first calibration
-batches. L_l is always estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
+Each probe (L and the gains, separately) uses `lipschitz_tokens` tokens drawn at random (seeded)
+from the first calibration batches. L_l is always estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
 "lipschitz" is the L_l the score used, "unit_gain" the directional factors. L_l is a local,
 random-direction estimate, not a certified constant: single tokens can exceed (1 + L_l) ||delta||.
 
