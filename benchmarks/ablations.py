@@ -25,8 +25,9 @@ from bip_core.sweep import sweep, write_chart  # noqa: E402
 
 # (label, sweep method spec, bias compensation, allocations, calibration samples, calibration seed). The
 # first row is the default configuration under every allocation; each other row changes one choice of
-# it. The seed rows repeat the deciding comparisons (the attention factor: directional gain, L = 0, the (1 + L) bound; and FLAP) on other
-# calibration windows, because single-seed gaps under ~15% are noise (METHOD.md section 7 point 6).
+# it. The seed rows repeat the deciding comparisons (the attention factor: directional gain, L = 0, the
+# (1 + L) bound; and FLAP) on other calibration windows, because single-seed gaps under ~15% are noise
+# (METHOD.md section 7 point 6).
 BASE_ALLOCATION = "global-energy"
 ALL = ["uniform", "global", "global-energy", "global-std"]
 FLAP_BEST = ["global-energy", "global-std"]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = {  # label -> (method, options); "plain forward" and "hooks only" are the yardsticks
     "plain forward": (None, {}),
     "hooks only": (None, {}),
-    "bip": ("bip", {}),  # the default: centred, L = 0 (L still estimated, for the app's chart)
+    "bip": ("bip", {}),  # the default: centred, directional gain (L still estimated, for the app's chart)
     "bip (1+L)": ("bip", {"lipschitz": "measured"}),
     "bip (mean_abs)": ("bip", {"aggregation": "mean_abs"}),
     "flap": ("flap", {}),

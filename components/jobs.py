@@ -50,10 +50,6 @@ def check_idle(session) -> None:
         raise gr.Error(busy_message(session.busy), title="Busy", print_exception=False)
 
 
-REQUIREMENTS = {"model": lambda s: require_model(s), "scores": lambda s: require_scores(s),
-                "plan": lambda s: require_plan(s), "pruned": lambda s: require_pruned(s)}
-
-
 def precheck(session, needs: str | None = None) -> None:
     """The fast check wired before a heavy job: not busy, and what the job needs is there. Its
     gr.Error is a toast only; the job's outputs are left as they are (no error badges)."""
@@ -167,3 +163,6 @@ def require_plan(session):
 def require_pruned(session):
     require_model(session)
     return _need(session.pruned, "Prune the model first (step 3, 'Prune').")
+
+
+REQUIREMENTS = {"model": require_model, "scores": require_scores, "plan": require_plan, "pruned": require_pruned}

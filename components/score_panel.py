@@ -20,6 +20,8 @@ CHOICE_LABELS = {("lipschitz", "directional"): "measured gain of the MLP along t
                  ("aggregation", "mean_abs"): "mean |m| (exact output change)",
                  ("aggregation", "rms"): "RMS of m",
                  ("aggregation", "std"): "centred: std of m (the change left after bias compensation)"}
+SHORT_LABELS = {("lipschitz", "zero"): "L = 0", ("lipschitz", "measured"): "(1 + L) bound",  # in run names
+                ("lipschitz", "directional"): "directional gain"}
 SOURCE_LABELS = {"wiki-bb": "wiki-bb (Wikipedia, offline)", "wikitext2": "WikiText-2 (needs internet)",
                  "ptb": "PTB (needs internet)", "c4": "C4 (needs internet)"}
 UNIT_CHOICES = [("auto (KV group for GQA, head for MHA)", "auto"), ("KV group", "kv_group"),
@@ -48,9 +50,7 @@ def scores_label(meta: dict) -> str:
     defaults = scoring.method_options(method) if method in scoring.METRICS else {}
     for key, value in (meta.get("options") or {}).items():
         if defaults.get(key) != value:
-            parts.append({("lipschitz", "zero"): "L = 0", ("lipschitz", "measured"): "(1 + L) bound",
-                          ("lipschitz", "directional"): "directional gain"}.get(
-                (key, value), f"{key}={value}"))
+            parts.append(SHORT_LABELS.get((key, value), f"{key}={value}"))
     if meta.get("unit") and meta.get("unit") != "kv_group":
         parts.append(meta["unit"])
     if meta.get("samples"):

@@ -140,7 +140,7 @@ class Stats(LayerStats):
             return
         picked = torch.randperm(z_units.shape[1], generator=self.generator)[:wanted].to(z_units.device)
         centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
-        self.probe_tokens, self.probe_z = picked, (z_units - centre)[:, picked]  # [units, k, unit_width]
+        self.probe_tokens, self.probe_z = picked, z_units[:, picked] - centre  # [units, k, unit_width]
 
     def measure_gains(self, h: torch.Tensor) -> None:
         h = h[self.probe_tokens]  # [k, hidden]
