@@ -10,7 +10,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast browser bench ablations clean
+.PHONY: setup demo test test-fast browser bench ablations scale gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ bench: setup
 
 ablations: setup
 	$(PY) benchmarks/ablations.py
+
+# Issue 11: a random Llama-2-7B-shaped checkpoint (13.5 GB bf16) scored, planned, pruned and evaluated
+# layer-wise with peak RSS printed per step (results/scale.csv). Needs ~30 GB of free disk; not part of `make test`.
+scale: setup
+	$(PY) benchmarks/scale.py --shape 7b --pipeline layerwise
+
+# Where a GPU is lent: the default model end to end in bfloat16 on CUDA, then the 7B shape on CUDA.
+gpu-check: setup
+	PY=$(PY) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV)
