@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from bip_core.architecture import default_unit, model_geometry
-from bip_core.scores import Scores, geometry_record
+from bip_core.scores import FORMAT, Scores, geometry_record
 
 
 def fake_scores(model, unit: str | None = None, seed: int = 0, means: bool = True, model_name: str = "test",
@@ -24,7 +24,7 @@ def fake_scores(model, unit: str | None = None, seed: int = 0, means: bool = Tru
         for key, values in layer_overrides.items():
             layer[key] = values[i]
         layers.append(layer)
-    meta = {"format": 1, "method": "random", "model": model_name, "source": "none", "samples": 0, "seq_len": 0,
+    meta = {"format": FORMAT, "method": "random", "model": model_name, "source": "none", "samples": 0, "seq_len": 0,
             "seed": seed, "unit": unit, "geometry": geometry_record(geometry), "options": {}}
     return Scores.from_dict({"layers": layers, "meta": meta})
 

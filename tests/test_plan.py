@@ -137,7 +137,7 @@ def test_gqa_layouts_stay_valid(tiny_model):
         for allocation in ("uniform", "global", "global-std"):
             for ratio in (0.2, 0.4, 0.6):
                 plan = make_plan(fake_scores(tiny_model, unit=unit, seed=int(ratio * 10)), tiny_model, ratio, allocation)
-                for i, (geom, shape) in enumerate(zip(plan.geometry(), plan.layer_shapes())):
+                for i, (geom, shape) in enumerate(zip(plan.geometry(), plan.pruned_shapes())):
                     q_heads, kv_heads = plan.kept_heads(i)
                     assert shape["num_heads"] % shape["num_kv_heads"] == 0
                     n_rep = shape["num_heads"] // shape["num_kv_heads"]
@@ -181,7 +181,7 @@ def test_manual_plan_that_would_empty_a_layer_is_refused(tiny_model):
     with pytest.raises(PlanError, match="Layer 1: attention ratio 1 removes all"):
         make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios)
     plan = make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios, allow_empty_attention=True)
-    assert plan.layers[1]["attention"] == [] and plan.layer_shapes()[1]["num_heads"] == 0
+    assert plan.layers[1]["attention"] == [] and plan.pruned_shapes()[1]["num_heads"] == 0
     ratios[1] = (0.5, 1.0)
     with pytest.raises(PlanError, match="Layer 1: MLP ratio 1 removes all"):
         make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios, allow_empty_attention=True)

@@ -50,7 +50,7 @@ def test_pruned_equals_masked_on_every_family(tiny_model):
                 masked = mask_model(tiny_model, plan, bias_compensation=compensate, scores=scores)
                 assert_same_logits(logits(pruned, IDS), logits(masked, IDS))
                 shapes = [(g.num_heads, g.num_kv_heads, g.intermediate) for g in model_geometry(pruned)]
-                assert shapes == [(s["num_heads"], s["num_kv_heads"], s["intermediate"]) for s in plan.layer_shapes()]
+                assert shapes == [(s["num_heads"], s["num_kv_heads"], s["intermediate"]) for s in plan.pruned_shapes()]
         assert count_params(prune_model(tiny_model, plans["uneven"]))["total"] == plans["uneven"].summary()["params_after"]
 
 
