@@ -29,6 +29,15 @@ def fake_scores(model, unit: str | None = None, seed: int = 0, means: bool = Tru
     return Scores.from_dict({"layers": layers, "meta": meta})
 
 
+def permutation_scores(model, unit: str, seed: int = 0) -> Scores:
+    """Scores that are a random permutation per layer (all distinct): the top k of a layer are unambiguous."""
+    rng = np.random.default_rng(seed)
+    geometry = model_geometry(model)
+    attention = [rng.permutation(g.num_units(unit)).astype(float).tolist() for g in geometry]
+    mlp = [rng.permutation(g.intermediate).astype(float).tolist() for g in geometry]
+    return fake_scores(model, unit=unit, seed=seed, attention=attention, mlp=mlp)
+
+
 def tiny_folder_with_scores(tmp_path, family: str):
     """A folder holding only a tiny config (load_model gives its seed-0 random model) and scores.json for it."""
     from bip_core.loading import random_model
