@@ -120,3 +120,15 @@ def test_save_refuses_objects_json_cannot_hold(model, tmp_path):
     with pytest.raises(ScoresError, match="cannot be written as JSON"):
         scores.save(tmp_path / "scores.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bias_compensation_is_recommended_for_centred_scores_with_mean_inputs(model):
+    from bip_core.scores import is_centred, recommends_compensation
+
+    assert recommends_compensation(make_scores(model, method="flap"))
+    assert recommends_compensation(make_scores(model, options={"aggregation": "std"}))
+    assert not recommends_compensation(make_scores(model, options={"aggregation": "rms"}))
+    without_means = make_scores(model, method="flap")
+    for layer in without_means.layers:
+        del layer["o_input_mean"]
+    assert is_centred("flap", {}) and not recommends_compensation(without_means)
