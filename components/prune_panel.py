@@ -80,9 +80,10 @@ def _totals(model) -> dict:
 
 def summary_rows(before: dict, after: dict, seconds: float) -> list[list]:
     return [
-        ["parameters", format_params(before["params"], 2), format_params(after["params"], 2), _change(before["params"], after["params"])],
-        ["attention + MLP parameters", format_params(before["attention_mlp"], 2), format_params(after["attention_mlp"], 2),
-         _change(before["attention_mlp"], after["attention_mlp"])],
+        ["parameters", format_params(before["params"], 2), format_params(after["params"], 2),
+         _change(before["params"], after["params"])],
+        ["attention + MLP parameters", format_params(before["attention_mlp"], 2),
+         format_params(after["attention_mlp"], 2), _change(before["attention_mlp"], after["attention_mlp"])],
         ["query heads (all layers)", before["heads"], after["heads"], _change(before["heads"], after["heads"])],
         ["KV heads (all layers)", before["kv_heads"], after["kv_heads"], _change(before["kv_heads"], after["kv_heads"])],
         ["MLP channels (all layers)", before["channels"], after["channels"],
@@ -119,7 +120,7 @@ def run_prune(session, bias, request: gr.Request, progress=gr.Progress()):
     note = ""
     if after["params"] != s["params_after"]:
         note = f" (the plan predicted {format_params(s['params_after'], 2)}: bias terms added by compensation)"
-    msg = (f"**{session.pruned_label}**: {format_params(before['params'], 2)} → **{format_params(after['params'], 2)}** parameters{note} "
-           f"in {seconds:.2f} s. Compare it with the original in step 4.")
+    msg = (f"**{session.pruned_label}**: {format_params(before['params'], 2)} → "
+           f"**{format_params(after['params'], 2)}** parameters{note} in {seconds:.2f} s. Compare it with the original in step 4.")
     return msg, summary_rows(before, after, seconds), session.pruned_summary, plan_info(session), \
         status_bar.render(session)
