@@ -121,6 +121,7 @@ def run_prune(session, bias, request: gr.Request, progress=gr.Progress()):
     if after["params"] != s["params_after"]:
         note = f" (the plan predicted {format_params(s['params_after'], 2)}: bias terms added by compensation)"
     msg = (f"**{session.pruned_label}**: {format_params(before['params'], 2)} → "
-           f"**{format_params(after['params'], 2)}** parameters{note} in {seconds:.2f} s. Compare it with the original in step 4.")
+           f"**{format_params(after['params'], 2)}** parameters{note} in {seconds:.2f} s. "
+           "Compare it with the original in step 4.")
     return msg, summary_rows(before, after, seconds), session.pruned_summary, plan_info(session), \
         status_bar.render(session)
