@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bip_core.architecture import default_unit, model_geometry  # noqa: E402
 from bip_core.loading import load_model  # noqa: E402
 from bip_core.plan import make_plan  # noqa: E402
-from bip_core.scores import Scores, geometry_record  # noqa: E402
+from bip_core.scores import FORMAT, Scores, geometry_record  # noqa: E402
 
 
 def random_scores(model, unit: str) -> Scores:
@@ -29,7 +29,7 @@ def random_scores(model, unit: str) -> Scores:
     rng = np.random.default_rng(0)
     layers = [{"attention": rng.random(g.num_units(unit)).tolist(), "mlp": rng.random(g.intermediate).tolist(),
                "output_scale": float(1 + rng.random())} for g in geometry]
-    meta = {"format": 1, "method": "random", "model": "benchmark", "unit": unit, "geometry": geometry_record(geometry)}
+    meta = {"format": FORMAT, "method": "random", "model": "benchmark", "unit": unit, "geometry": geometry_record(geometry)}
     return Scores.from_dict({"layers": layers, "meta": meta})
 
 

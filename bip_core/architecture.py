@@ -87,16 +87,30 @@ class LayerGeometry:
             return [g * r + index for g in range(self.num_kv_heads)], []
         raise ValueError(f"unknown attention unit '{unit}'; choose one of {UNIT_KINDS}")
 
-    def unit_params(self, unit: str) -> int:
-        """Weights removed with one attention unit: q rows, k/v rows if removed, o columns."""
-        q_heads, kv_heads = self.unit_heads(unit, 0)
-        per_head = self.head_dim * self.hidden
-        return (2 * len(q_heads) + 2 * len(kv_heads)) * per_head
+    def to_record(self) -> dict:
+        """The serialized record (scores and plan files), in the HF config's names."""
+        return {"num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
+                "head_dim": self.head_dim, "intermediate_size": self.intermediate, "hidden_size": self.hidden}
 
-    @property
-    def channel_params(self) -> int:
-        """Weights removed with one MLP channel: a row of gate and up, a column of down."""
-        return 3 * self.hidden
+    @classmethod
+    def from_record(cls, record: dict) -> "LayerGeometry":
+        """From `to_record()`'s dict, or from the older records (scores format 1, plan version 1)."""
+        names = next((n for n in RECORD_NAMES if n[0] in record), RECORD_NAMES[0])
+        return cls(*(record[name] for name in names))
+
+
+# the record's names, then older ones that files may still hold: scores format 1, plan version 1
+RECORD_NAMES = (("num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size", "hidden_size"),
+                ("heads", "kv_heads", "head_dim", "intermediate", "hidden"),
+                ("num_heads", "num_kv_heads", "head_dim", "intermediate", "hidden"))
+
+
+def geometry_record(geometries: list[LayerGeometry]) -> list[dict]:
+    return [g.to_record() for g in geometries]
+
+
+def geometry_from_record(record: list[dict]) -> list[LayerGeometry]:
+    return [LayerGeometry.from_record(g) for g in record]
 
 
 def default_unit(geometry: LayerGeometry) -> str:
@@ -145,13 +159,37 @@ def model_geometry(model) -> list[LayerGeometry]:
     return [layer_geometry(model, i) for i in range(len(decoder_layers(model)))]
 
 
-def count_params(model) -> dict:
-    """Total parameters (tied embeddings counted once) and those in attention + MLP weights."""
-    seen, total = set(), 0
+def describe_geometry(geometries: list[LayerGeometry]) -> str:
+    """'30 layers, 9 heads / 3 kv heads x 64, intermediate 1536, hidden 576' (or 'mixed widths')."""
+    first = geometries[0] if geometries else None
+    shape = (f"{first.num_heads} heads / {first.num_kv_heads} kv heads x {first.head_dim}, intermediate "
+             f"{first.intermediate}, hidden {first.hidden}") if all(g == first for g in geometries) else "mixed widths"
+    return f"{len(geometries)} layers, {shape}"
+
+
+def check_geometry(recorded: list[LayerGeometry], model, error: type[Exception], what: str, remedy: str) -> None:
+    """Raise `error` unless `model` has exactly the per-layer geometry `recorded` (what a scores file or
+    a plan was made for). `what` names the artifact ("This plan was"), `remedy` says what to do."""
+    theirs = model_geometry(model)
+    if list(recorded) == theirs:
+        return
+    where = next((i for i, (a, b) in enumerate(zip(recorded, theirs)) if a != b), min(len(recorded), len(theirs)))
+    raise error(f"{what} made for another model geometry ({describe_geometry(recorded)}); this model has "
+                f"{describe_geometry(theirs)} (first difference at layer {where}). {remedy}")
+
+
+def unique_parameters(model):
+    """Every parameter once (tied embeddings share one tensor)."""
+    seen = set()
     for p in model.parameters():
         if id(p) not in seen:
             seen.add(id(p))
-            total += p.numel()
+            yield p
+
+
+def count_params(model) -> dict:
+    """Total parameters (tied embeddings counted once) and those in attention + MLP weights."""
+    total = sum(p.numel() for p in unique_parameters(model))
     attn_mlp = 0
     for i in range(len(decoder_layers(model))):
         parts = block_parts(model, i)

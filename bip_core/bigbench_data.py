@@ -22,6 +22,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .errors import DataError
 from .paths import data_dir
 
@@ -81,11 +82,7 @@ def _rebuild_article(example: dict) -> str:
 
 
 def _write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _convert_wiki(task: dict) -> dict[str, int]:

@@ -13,8 +13,10 @@ non-overlapping windows of `seq_len` tokens, drop the remainder.
 """
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -84,16 +86,12 @@ def load_texts(source: str, split: str = "train") -> list[str]:
     raise DataError(f"Unknown data source '{source}'. Choose one of {describe_sources()}.")
 
 
-def _tokenizer_key(tokenizer) -> tuple:
-    return (type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+MAX_STREAMS = 16  # token streams kept: (tokenizer, source, split) triples, least recently used dropped first
+_STREAMS: OrderedDict[tuple, tuple[weakref.ref, torch.Tensor]] = OrderedDict()
+_STREAMS_LOCK = threading.Lock()
 
 
-_TOKENIZER_CACHE: dict = {}
-
-
-@lru_cache(maxsize=16)
-def _token_stream(tokenizer_key: tuple, source: str, split: str) -> torch.Tensor:
-    tokenizer = _TOKENIZER_CACHE[tokenizer_key]
+def _tokenize(tokenizer, source: str, split: str) -> torch.Tensor:
     text = "\n\n".join(load_texts(source, split))
     if not text.strip():
         raise DataError(f"The data source '{source}' ({split}) holds no text.")
@@ -102,10 +100,22 @@ def _token_stream(tokenizer_key: tuple, source: str, split: str) -> torch.Tensor
 
 
 def token_stream(tokenizer, source: str, split: str) -> torch.Tensor:
-    """The split's texts joined with "\\n\\n" and tokenized once (memoised per process)."""
-    key = _tokenizer_key(tokenizer)
-    _TOKENIZER_CACHE[key] = tokenizer
-    return _token_stream(key, source, split)
+    """The split's texts joined with "\\n\\n" and tokenized once: memoised for the last `MAX_STREAMS`
+    (tokenizer, source, split), keyed by the tokenizer object itself (a weak reference: the cache never
+    keeps a tokenizer alive, and a new tokenizer at a reused address is not mistaken for the old one)."""
+    key = (id(tokenizer), source, split)
+    with _STREAMS_LOCK:
+        hit = _STREAMS.get(key)
+        if hit is not None and hit[0]() is tokenizer:
+            _STREAMS.move_to_end(key)
+            return hit[1]
+    stream = _tokenize(tokenizer, source, split)
+    with _STREAMS_LOCK:
+        _STREAMS[key] = (weakref.ref(tokenizer), stream)
+        _STREAMS.move_to_end(key)
+        while len(_STREAMS) > MAX_STREAMS:
+            _STREAMS.popitem(last=False)
+    return stream
 
 
 def calibration_windows(tokenizer, source: str = "wiki-bb", samples: int = 64, seq_len: int = 128,

@@ -201,9 +201,9 @@ def _write(model, tokenizer, plan: Plan, folder: Path, provenance: dict | None) 
     config = json.loads((folder / "config.json").read_text())
     config[LAYER_SHAPES_KEY] = shapes
     config["head_dim"] = shapes[0]["head_dim"]
-    base = plan.meta["geometry"][0]
-    size = shapes[0] if plain else {"num_heads": base["num_heads"], "num_kv_heads": base["num_kv_heads"],
-                                    "intermediate": base["intermediate"]}
+    base = plan.geometry()[0]
+    size = shapes[0] if plain else {"num_heads": base.num_heads, "num_kv_heads": base.num_kv_heads,
+                                    "intermediate": base.intermediate}
     config.update({"num_attention_heads": size["num_heads"], "num_key_value_heads": size["num_kv_heads"],
                    "intermediate_size": size["intermediate"], **flags})
     config["auto_map"] = {"AutoModelForCausalLM": f"{Path(MODELING_FILE).stem}.{PRUNED_CLASSES[family].__name__}"}

@@ -6,8 +6,9 @@ so the same model, prompt, seed and settings always give the same text, also whe
 generated in turns for the side-by-side view. `temperature <= 0` is greedy decoding and matches
 `model.generate(do_sample=False)`.
 
-Sampling follows transformers' order: repetition penalty, temperature, top-k, top-p (nucleus: the
-smallest set of most likely tokens whose probability reaches `top_p`).
+Sampling uses transformers' logits processors, in its order: repetition penalty (on the generated
+tokens), temperature, top-k, top-p (nucleus: the smallest set of most likely tokens whose
+probability reaches `top_p`).
 
 Prompts: a string or a list of chat messages ({"role", "content"}). With a tokenizer that has a
 chat template the messages (a string becomes one user message) go through it with the generation
@@ -19,6 +20,8 @@ import inspect
 import time
 
 import torch
+from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                          TopKLogitsWarper, TopPLogitsWarper)
 
 UNFINISHED_CHAR = "\ufffd"  # a multi-byte character cut in the middle: wait for its next token
 
@@ -64,27 +67,33 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def next_token(logits: torch.Tensor, generated: list[int], temperature: float, top_p: float, top_k: int,
-               repetition_penalty: float, generator: torch.Generator) -> int:
-    """Pick one token from the float32 logits [vocab] of the last position (CPU, seeded)."""
-    logits = logits.float().cpu().clone()
-    if repetition_penalty != 1.0 and generated:
-        seen = torch.tensor(sorted(set(generated)))
-        picked = logits[seen]
-        logits[seen] = torch.where(picked < 0, picked * repetition_penalty, picked / repetition_penalty)
+def logits_processors(temperature: float, top_p: float, top_k: int, repetition_penalty: float) -> LogitsProcessorList:
+    """transformers' processors for these settings, in its order: repetition penalty, temperature, top-k,
+    top-p (the sampling ones only when sampling, `temperature > 0`)."""
+    processors = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
     if temperature <= 0:
-        return int(torch.argmax(logits))
-    logits = logits / temperature
-    if top_k and 0 < top_k < logits.numel():
-        threshold = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < threshold, float("-inf"))
+        return processors
+    processors.append(TemperatureLogitsWarper(temperature))
+    if top_k and top_k > 0:
+        processors.append(TopKLogitsWarper(int(top_k)))
     if 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
-        logits[order[drop]] = float("-inf")
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
+def next_token(logits: torch.Tensor, generated: list[int], temperature: float, top_p: float, top_k: int,
+               repetition_penalty: float, generator: torch.Generator, processors: LogitsProcessorList | None = None) -> int:
+    """Pick one token from the logits [vocab] of the last position (float32 on the CPU, seeded). The repetition
+    penalty applies to the generated tokens (not the prompt's)."""
+    if processors is None:
+        processors = logits_processors(temperature, top_p, top_k, repetition_penalty)
+    seen = torch.tensor([generated], dtype=torch.long)  # [1, n]: the tokens the penalty demotes
+    scores = processors(seen, logits.float().cpu().clone()[None])[0]
+    if temperature <= 0:
+        return int(torch.argmax(scores))
+    return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
 
 
 class _Decoder:
@@ -95,6 +104,7 @@ class _Decoder:
         self.model, self.tokenizer = model, tokenizer
         self.device = model.get_input_embeddings().weight.device
         self.settings = (temperature, top_p, top_k, repetition_penalty)
+        self.processors = logits_processors(*self.settings)
         self.generator = torch.Generator().manual_seed(int(seed))
         self.stops = stop_token_ids(model, tokenizer)
         self.max_new_tokens = int(max_new_tokens)
@@ -116,7 +126,8 @@ class _Decoder:
             out = self.model(input_ids=self.pending, use_cache=True, logits_to_keep=1,
                              **{self.cache_argument: self.cache})
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        token = next_token(out.logits[0, -1], self.generated, *self.settings, generator=self.generator)
+        token = next_token(out.logits[0, -1], self.generated, *self.settings, generator=self.generator,
+                           processors=self.processors)
         if token in self.stops:
             self.done, self.stop_reason = True, "eos"
         else:
@@ -198,4 +209,4 @@ def stream_side_by_side(models: dict, tokenizer, prompt_or_messages, max_new_tok
 
 
 __all__ = ["stream_generate", "stream_chat", "generate", "stream_side_by_side", "build_prompt_ids", "cache_argument",
-           "has_chat_template", "next_token"]
+           "has_chat_template", "next_token", "logits_processors"]

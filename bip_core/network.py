@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
 from .errors import OfflineError
 
 HUB_HOST = "huggingface.co"
-_reachable: bool | None = None
+REACHABLE_TTL_S = 60.0  # how long a probe's answer holds: a server that starts offline sees the Hub come back
+_reachable: tuple[bool, float] | None = None  # (answer, time.monotonic() of the probe)
 
 
 def _probe(host: str, timeout: float) -> bool:
@@ -33,13 +35,15 @@ def _probe(host: str, timeout: float) -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """True when the Hub answers. Cached for the process; `HF_HUB_OFFLINE=1` forces False."""
+    """True when the Hub answers. The answer is kept for `REACHABLE_TTL_S` seconds, then probed again;
+    `HF_HUB_OFFLINE=1` forces False."""
     global _reachable
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
-    if _reachable is None:
-        _reachable = _probe(os.environ.get("BIP_HUB_HOST", HUB_HOST), timeout)
-    return _reachable
+    now = time.monotonic()
+    if _reachable is None or now - _reachable[1] >= REACHABLE_TTL_S:
+        _reachable = (_probe(os.environ.get("BIP_HUB_HOST", HUB_HOST), timeout), now)
+    return _reachable[0]
 
 
 def require_hub(what: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from .atomic import write_if_changed
 from .bigbench_data import MC_TASKS, mc_dir, read_jsonl
 from .paths import cache_dir
 
@@ -100,15 +101,6 @@ def task_yaml(task: OfflineTask, data_file: Path) -> dict:
     }
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return True
-
-
 def prepare_tasks() -> dict:
     """Write the offline YAML tasks and their data into the cache. Idempotent: unchanged files are kept."""
     folder = tasks_dir()
@@ -118,8 +110,8 @@ def prepare_tasks() -> dict:
         rows = read_jsonl(mc_dir() / f"{task.source}.jsonl")
         random.Random(SHUFFLE_SEED).shuffle(rows)
         data_file = task_data_path(task.name)
-        changed += _write_if_changed(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        changed += _write_if_changed(folder / f"{task.name}.yaml",
+        changed += write_if_changed(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        changed += write_if_changed(folder / f"{task.name}.yaml",
                                      yaml.safe_dump(task_yaml(task, data_file), sort_keys=False, allow_unicode=True))
         counts[task.name] = len(rows)
     return {"status": "prepared" if changed else "cached", "dir": str(folder), "tag": TAG, "tasks": counts}

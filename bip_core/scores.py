@@ -15,46 +15,46 @@ Other tools read it (plans, the app, sweeps); keep it stable. JSON layout:
          "standardisation": {"attention": [mean, std], "mlp": [mean, std]}
                                                   flap: channel-score statistics to standardise with
         }, ...],
-     "meta": {"format": 1, "method", "model", "source", "samples", "seq_len", "seed", "unit",
+     "meta": {"format": 2, "method", "model", "source", "samples", "seq_len", "seed", "unit",
               "seconds", "peak_memory_bytes", "peak_memory_kind", "memory_at_start_bytes",
               "tokens", "batch_size",
-              "geometry": [{"heads", "kv_heads", "head_dim", "intermediate", "hidden"}, ...],
+              "geometry": [{"num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+                            "hidden_size"}, ...],      LayerGeometry.to_record(): the HF config's names
               "options": {...}}}
 
 Higher score = more important (keep). Methods without calibration data (random, magnitude) record
-source "none", samples 0 and seq_len 0.
+source "none", samples 0 and seq_len 0. Format 1 files (geometry as heads / kv_heads / head_dim /
+intermediate / hidden) still load; their geometry is read into the format 2 record.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .architecture import UNIT_KINDS, LayerGeometry, model_geometry
+from .architecture import UNIT_KINDS, LayerGeometry, check_geometry, geometry_from_record, geometry_record
+from .atomic import write_text_atomic
 from .errors import ScoresError
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # format 1: the geometry record in older names (read by geometry_from_record)
 
 
-def geometry_record(geometries: list[LayerGeometry]) -> list[dict]:
-    return [{"heads": g.num_heads, "kv_heads": g.num_kv_heads, "head_dim": g.head_dim,
-             "intermediate": g.intermediate, "hidden": g.hidden} for g in geometries]
+def is_centred(method: str, options: dict) -> bool:
+    """Scores that measure the change left AFTER bias compensation (FLAP's fluctuation, BIP's "std"
+    aggregation) are meant to be used with it: 'auto' compensates exactly those."""
+    return method == "flap" or (method == "bip" and options.get("aggregation") == "std")
 
 
-def geometry_from_record(record: list[dict]) -> list[LayerGeometry]:
-    return [LayerGeometry(num_heads=g["heads"], num_kv_heads=g["kv_heads"], head_dim=g["head_dim"],
-                          intermediate=g["intermediate"], hidden=g["hidden"]) for g in record]
+def has_mean_inputs(scores) -> bool:
+    """Whether every layer records the mean inputs bias compensation needs."""
+    return all("o_input_mean" in layer and "down_input_mean" in layer for layer in scores.layers)
 
 
-def _describe(record: list[dict]) -> str:
-    first = record[0] if record else {}
-    uniform = all(g == first for g in record)
-    shape = (f"{first.get('heads')} heads / {first.get('kv_heads')} kv heads x {first.get('head_dim')}, "
-             f"intermediate {first.get('intermediate')}, hidden {first.get('hidden')}") if uniform else "mixed widths"
-    return f"{len(record)} layers, {shape}"
+def recommends_compensation(scores) -> bool:
+    """The bias-compensation default ('auto') for these scores: on for centred scores with mean inputs."""
+    return is_centred(scores.meta.get("method"), scores.meta.get("options") or {}) and has_mean_inputs(scores)
 
 
 def _numbers(values, where: str) -> list[float]:
@@ -125,18 +125,11 @@ class Scores:
 
     def check_matches(self, model) -> None:
         """Raise ScoresError unless `model` has exactly the layer geometry these scores were made for."""
-        ours = self.meta.get("geometry")
-        theirs = geometry_record(model_geometry(model))
-        if ours is None:
+        if self.meta.get("geometry") is None:
             raise ScoresError("These scores record no model geometry, so they cannot be checked against a model; "
                               "score the model again.")
-        if ours == theirs:
-            return
-        where = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        raise ScoresError(
-            f"These scores belong to another model ('{self.meta.get('model', '?')}': {_describe(ours)}); "
-            f"this model has {_describe(theirs)} (first difference at layer {where}). "
-            "Score this model (python -m bip_core score --model ...) or load the scores made for it.")
+        check_geometry(self.geometry, model, ScoresError, f"These scores ('{self.meta.get('model', '?')}') were",
+                       "Score this model (python -m bip_core score --model ...) or load the scores made for it.")
 
     # ---- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -146,24 +139,25 @@ class Scores:
     def from_dict(cls, data) -> "Scores":
         if not isinstance(data, dict) or "layers" not in data:
             raise ScoresError("Not a scores file: expected an object with 'layers' and 'meta'.")
-        fmt = data.get("meta", {}).get("format", FORMAT)
-        if fmt != FORMAT:
-            raise ScoresError(f"Scores format {fmt} is not supported (this version reads format {FORMAT}).")
-        return cls(layers=data["layers"], meta=data.get("meta", {}))
+        meta = dict(data.get("meta", {}))
+        fmt = meta.get("format", FORMAT)
+        if fmt not in READABLE_FORMATS:
+            raise ScoresError(f"Scores format {fmt} is not supported (this version reads formats "
+                              f"{', '.join(map(str, READABLE_FORMATS))}); score the model again.")
+        scores = cls(layers=data["layers"], meta=meta)
+        if fmt != FORMAT and meta.get("geometry") is not None:  # upgrade the record to this format's names
+            meta.update(format=FORMAT, geometry=geometry_record(scores.geometry))
+        return scores
 
     def save(self, path) -> Path:
-        """Write atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        """Write atomically (a temporary file renamed into place); ScoresError for values JSON cannot hold
+        (NaN, infinities, objects), and then the old file stays as it was."""
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, allow_nan=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+            text = json.dumps(self.to_dict(), allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ScoresError(f"These scores cannot be written as JSON ({err}): every value must be a finite "
+                              "number, a string, a list or a dict. Score the model again.") from err
+        return write_text_atomic(path, text)
 
     @classmethod
     def load(cls, path) -> "Scores":

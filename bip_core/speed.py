@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from .architecture import count_params, model_geometry
+from .architecture import count_params, model_geometry, unique_parameters
 from .generation import cache_argument
 
 
@@ -51,11 +51,7 @@ def count_macs(model, context: int) -> dict:
 
 
 def memory_bytes(model) -> dict:
-    seen, weights = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            weights += p.numel() * p.element_size()
+    weights = sum(p.numel() * p.element_size() for p in unique_parameters(model))
     element = next(model.parameters()).element_size()
     kv_per_token = sum(2 * g.num_kv_heads * g.head_dim for g in model_geometry(model)) * element
     return {"weight_bytes": weights, "kv_cache_bytes_per_token": kv_per_token,

@@ -114,7 +114,7 @@ def prune_model(model, plan: Plan, bias_compensation: bool = False, scores=None)
     replaced = [p for i in range(n_layers) for name in LINEARS for p in getattr(block_parts(model, i), name).parameters()]
     pruned = _copy_without(model, replaced)
 
-    shapes = plan.layer_shapes()
+    shapes = plan.pruned_shapes()
     for i, (layer, shape, tensors) in enumerate(zip(decoder_layers(pruned), shapes, weights)):
         shape["o_proj_bias"] = "o_proj.bias" in tensors
         shape["down_proj_bias"] = "down_proj.bias" in tensors

@@ -23,7 +23,9 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import BipError, PlanError
+from .options import parse_options
 from .perplexity import paper_split, perplexity
+from .scores import is_centred, recommends_compensation  # noqa: F401  (is_centred: sweep's old name)
 
 COLUMNS = ["method", "allocation", "ratio", "ppl", "nll", "params", "params_attention_mlp", "removed_attention_mlp",
            "removed_total", "score_seconds", "score_peak_memory_bytes", "prune_seconds", "eval_seconds",
@@ -43,30 +45,17 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 def parse_method(spec: str) -> tuple[str, dict]:
     """'bip:aggregation=rms:lipschitz=zero' -> ('bip', {'aggregation': 'rms', 'lipschitz': 'zero'})."""
     name, *items = [part.strip() for part in spec.split(":")]
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BipError(f"Method option '{item}' in '{spec}' is not KEY=VALUE (e.g. bip:aggregation=rms).")
-        options[key.strip()] = value.strip()
-    return name, options
+    return name, parse_options(items, f"Method '{spec}'", "bip:aggregation=rms")
 
 
-def _use_compensation(setting, method: str, scores) -> bool:
+def _use_compensation(setting, scores) -> bool:
     if setting in (True, "on"):
         return True
     if setting in (False, "off", None):
         return False
     if setting != "auto":
         raise BipError(f"bias_compensation must be 'auto', 'on' or 'off' (got {setting!r}).")
-    return is_centred(method, scores.meta.get("options", {})) and \
-        all("o_input_mean" in layer and "down_input_mean" in layer for layer in scores.layers)
-
-
-def is_centred(method: str, options: dict) -> bool:
-    """Scores that measure the change left AFTER bias compensation (FLAP's fluctuation, BIP's "std"
-    aggregation) are meant to be used with it: 'auto' compensates exactly those."""
-    return method == "flap" or (method == "bip" and options.get("aggregation") == "std")
+    return recommends_compensation(scores)
 
 
 def write_chart(table: pd.DataFrame, path, title: str | None = None) -> Path:
@@ -156,7 +145,7 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
         scores = score(model, tokenizer, method=method, source=data, samples=samples, seq_len=seq_len, seed=seed,
                        batch_size=batch_size, model_name=model_name, **options)
         tick(f"scored {spec}")
-        compensate = _use_compensation(bias_compensation, scores.meta["method"], scores)
+        compensate = _use_compensation(bias_compensation, scores)
         common = {"method": spec, "score_seconds": scores.meta.get("seconds"), "unit": scores.meta.get("unit"),
                   "score_peak_memory_bytes": scores.meta.get("peak_memory_bytes"), "bias_compensation": compensate,
                   **calibration}

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from bip_core.data import SOURCES
+from bip_core.formatting import format_params
 from bip_core.generation import stream_generate
 from bip_core.offline_tasks import OFFLINE_TASKS
 from bip_core.perplexity import perplexity
@@ -104,7 +105,7 @@ def _fmt_value(row) -> str:
     if row["kind"] == "zero-shot":
         return f"{v:.1%}"
     if row["metric"] in ("parameters", "MACs per token"):
-        return f"{v / 1e6:.2f}M"
+        return format_params(v, digits=2)
     return f"{v:.4g}"
 
 

@@ -10,6 +10,7 @@ import gradio as gr
 
 from bip_core.default_model import DEFAULT_NAME
 from bip_core.export import export_model
+from bip_core.formatting import format_params
 
 from . import texts
 from .context import attach
@@ -33,7 +34,7 @@ def export_info(session) -> str:
     if session is None or session.pruned is None:
         return "Prune a model first (step 3); then export it here."
     s = session.pruned_summary or {}
-    return (f"Ready to export **{session.pruned_label}** ({s.get('params_after', 0) / 1e6:.1f}M parameters, "
+    return (f"Ready to export **{session.pruned_label}** ({format_params(s.get('params_after', 0))} parameters, "
             f"about {s.get('params_after', 0) * 4 / 2**20:.0f} MiB in float32).")
 
 

@@ -7,14 +7,11 @@ from types import SimpleNamespace
 import gradio as gr
 
 from bip_core.default_model import DEFAULT_NAME
+from bip_core.formatting import format_params
 
 from . import status_bar, texts
 from .context import attach, studio
 from .jobs import heavy, ui_errors
-
-
-def _fmt(n) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def _tile(label: str, value, hint: str = "") -> str:
@@ -41,8 +38,8 @@ def card_html(info: dict | None) -> str:
         _tile("head dim", info.get("head_dim")),
         _tile("MLP channels", info.get("intermediate"), "intermediate size: prunable channels per layer"),
         _tile("vocabulary", info.get("vocab")),
-        _tile("parameters", _fmt(info["params"])),
-        _tile("attention + MLP", f"{_fmt(info['params_attention_mlp'])} ({share:.0%})",
+        _tile("parameters", format_params(info["params"])),
+        _tile("attention + MLP", f"{format_params(info['params_attention_mlp'])} ({share:.0%})",
               "the prunable part: attention and MLP weights of all layers"),
     ]
     note = "" if info.get("spec") == "default" else (info.get("note") or "")  # the default's note is beside

@@ -13,12 +13,9 @@ from pathlib import Path
 
 from bip_core.architecture import count_params
 from bip_core.errors import ModelSpecError
+from bip_core.formatting import format_params
 
 from .settings import Settings
-
-
-def _fmt(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def _params_from_config(folder: Path) -> int | None:
@@ -75,8 +72,8 @@ class ModelStore:
         return spec
 
     def _too_big(self, spec: str, params: int) -> str:
-        return (f"'{spec}' has {_fmt(params)} parameters; this server accepts models up to "
-                f"{_fmt(self.settings.max_params)} (BIP_MAX_PARAMS). Pick a smaller model.")
+        return (f"'{spec}' has {format_params(params)} parameters; this server accepts models up to "
+                f"{format_params(self.settings.max_params)} (BIP_MAX_PARAMS). Pick a smaller model.")
 
     def get(self, spec: str):
         """The shared LoadedModel for `spec` (loading it on first use)."""

@@ -6,17 +6,14 @@ import gradio as gr
 
 from bip_core.architecture import count_params, model_geometry
 from bip_core.surgery import prune_model
-from bip_core.sweep import is_centred
+from bip_core.formatting import format_params
+from bip_core.scores import has_mean_inputs, recommends_compensation
 
 from . import status_bar, texts
 from .context import attach
 from .jobs import heavy, require_model, require_plan, require_scores, ui_errors
 
 HEADERS = ["", "original", "pruned", "change"]
-
-
-def _fmt(n) -> str:
-    return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
 def _change(before, after) -> str:
@@ -50,10 +47,8 @@ def compensation_default(session):
     scores = session.active_scores if session is not None else None
     if scores is None:
         return gr.update()
-    meta = scores.meta
-    layers = scores.layers
-    has_means = all("o_input_mean" in layer and "down_input_mean" in layer for layer in layers)
-    centred = is_centred(meta.get("method"), meta.get("options") or {}) and has_means
+    has_means = has_mean_inputs(scores)
+    centred = recommends_compensation(scores)
     info = ("recommended for these scores: they measure the change left after compensation" if centred else
             "these scores measure the full change; compensation is optional" if has_means else
             "needs scores with mean inputs (LLM-BIP, FLAP, Wanda-sp)")
@@ -85,9 +80,10 @@ def _totals(model) -> dict:
 
 def summary_rows(before: dict, after: dict, seconds: float) -> list[list]:
     return [
-        ["parameters", _fmt(before["params"]), _fmt(after["params"]), _change(before["params"], after["params"])],
-        ["attention + MLP parameters", _fmt(before["attention_mlp"]), _fmt(after["attention_mlp"]),
-         _change(before["attention_mlp"], after["attention_mlp"])],
+        ["parameters", format_params(before["params"], 2), format_params(after["params"], 2),
+         _change(before["params"], after["params"])],
+        ["attention + MLP parameters", format_params(before["attention_mlp"], 2),
+         format_params(after["attention_mlp"], 2), _change(before["attention_mlp"], after["attention_mlp"])],
         ["query heads (all layers)", before["heads"], after["heads"], _change(before["heads"], after["heads"])],
         ["KV heads (all layers)", before["kv_heads"], after["kv_heads"], _change(before["kv_heads"], after["kv_heads"])],
         ["MLP channels (all layers)", before["channels"], after["channels"],
@@ -123,8 +119,9 @@ def run_prune(session, bias, request: gr.Request, progress=gr.Progress()):
                               "bias_compensation": bool(bias), "seconds": round(seconds, 3)}
     note = ""
     if after["params"] != s["params_after"]:
-        note = f" (the plan predicted {_fmt(s['params_after'])}: bias terms added by compensation)"
-    msg = (f"**{session.pruned_label}**: {_fmt(before['params'])} → **{_fmt(after['params'])}** parameters{note} "
-           f"in {seconds:.2f} s. Compare it with the original in step 4.")
+        note = f" (the plan predicted {format_params(s['params_after'], 2)}: bias terms added by compensation)"
+    msg = (f"**{session.pruned_label}**: {format_params(before['params'], 2)} → "
+           f"**{format_params(after['params'], 2)}** parameters{note} in {seconds:.2f} s. "
+           "Compare it with the original in step 4.")
     return msg, summary_rows(before, after, seconds), session.pruned_summary, plan_info(session), \
         status_bar.render(session)

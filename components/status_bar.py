@@ -1,11 +1,7 @@
 """The pipeline strip at the top of the page: model -> scores -> plan -> pruned, with what each holds."""
 import html
 
-
-def _fmt_params(n) -> str:
-    if n is None:
-        return "?"
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+from bip_core.formatting import format_params
 
 
 def _step(n: int, name: str, done: bool, detail: str) -> str:
@@ -20,7 +16,7 @@ def render(session) -> str:
     model = "not loaded"
     if loaded is not None:
         info = getattr(session, "model_info", None) or {}
-        model = f"{loaded.spec} · {_fmt_params(info.get('params'))} params"
+        model = f"{loaded.spec} · {format_params(info.get('params'))} params"
     scores = session.active or "none yet" if loaded is not None else "—"
     plan = "—"
     if session.plan_summary:
@@ -28,7 +24,7 @@ def render(session) -> str:
         plan = f"{s['removed_attention_mlp']:.1%} of attn+MLP · {s.get('allocation')}"
     pruned = "—"
     if session.pruned is not None and session.pruned_summary:
-        pruned = f"{_fmt_params(session.pruned_summary.get('params_after'))} params"
+        pruned = f"{format_params(session.pruned_summary.get('params_after'))} params"
     parts = [
         _step(1, "Model", loaded is not None, model),
         _step(2, "Scores", bool(session.scores), scores if loaded is not None else "—"),

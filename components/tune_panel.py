@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from bip_core.errors import BipError
+from bip_core.formatting import format_params
 from bip_core.plan import ALLOCATIONS, make_plan
 
 from . import heatmaps, status_bar, texts
@@ -25,10 +26,6 @@ PRESETS = {  # name -> (ratio, allocation, skip_first, skip_last)
 ROUND_CHOICES = [("1 (exact)", 1), ("8", 8), ("16", 16), ("32", 32), ("64", 64)]
 
 
-def _fmt(n) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-
-
 def _span(values) -> str:
     lo, hi = min(values), max(values)
     return f"{lo}" if lo == hi else f"{lo}-{hi}"
@@ -44,7 +41,7 @@ def readout_html(summary: dict | None, message: str = "") -> str:
     tiles = [
         (f"{summary['removed_attention_mlp']:.1%}", "of attention + MLP parameters removed"),
         (f"{summary['removed_total']:.1%}", "of all parameters removed"),
-        (_fmt(summary["params_after"]), f"parameters remain (of {_fmt(summary['params_before'])})"),
+        (format_params(summary["params_after"]), f"parameters remain (of {format_params(summary['params_before'])})"),
     ]
     att = [f"{l['attention_kept']}" for l in layers]
     details = (f"attention units kept per layer: <b>{_span([l['attention_kept'] for l in layers])}</b> of "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from bip_core.architecture import default_unit, model_geometry
-from bip_core.scores import Scores, geometry_record
+from bip_core.scores import FORMAT, Scores, geometry_record
 
 
 def fake_scores(model, unit: str | None = None, seed: int = 0, means: bool = True, model_name: str = "test",
@@ -24,9 +24,18 @@ def fake_scores(model, unit: str | None = None, seed: int = 0, means: bool = Tru
         for key, values in layer_overrides.items():
             layer[key] = values[i]
         layers.append(layer)
-    meta = {"format": 1, "method": "random", "model": model_name, "source": "none", "samples": 0, "seq_len": 0,
+    meta = {"format": FORMAT, "method": "random", "model": model_name, "source": "none", "samples": 0, "seq_len": 0,
             "seed": seed, "unit": unit, "geometry": geometry_record(geometry), "options": {}}
     return Scores.from_dict({"layers": layers, "meta": meta})
+
+
+def permutation_scores(model, unit: str, seed: int = 0) -> Scores:
+    """Scores that are a random permutation per layer (all distinct): the top k of a layer are unambiguous."""
+    rng = np.random.default_rng(seed)
+    geometry = model_geometry(model)
+    attention = [rng.permutation(g.num_units(unit)).astype(float).tolist() for g in geometry]
+    mlp = [rng.permutation(g.intermediate).astype(float).tolist() for g in geometry]
+    return fake_scores(model, unit=unit, seed=seed, attention=attention, mlp=mlp)
 
 
 def tiny_folder_with_scores(tmp_path, family: str):

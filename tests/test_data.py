@@ -59,3 +59,38 @@ def test_bad_sources_give_clear_errors(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OfflineError):
         load_texts("wikitext2", "test")
+
+
+def test_token_streams_are_keyed_by_the_tokenizer_object_and_bounded(tokenizer, tmp_path, monkeypatch):
+    """Two tokenizers with the same class, name and length must not share a stream; the cache is bounded
+    and never keeps a tokenizer alive."""
+    import copy
+    import gc
+    import weakref
+
+    from bip_core import data
+
+    monkeypatch.setattr(data, "_STREAMS", type(data._STREAMS)())
+    path = tmp_path / "text.txt"
+    path.write_text("alpha beta gamma delta " * 20)
+    source = f"file:{path}"
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["alpha beta"])  # same class and name_or_path
+    other.name_or_path = tokenizer.name_or_path
+    text = "\n\n".join(load_texts(source, "test"))
+    a = token_stream(tokenizer, source, "test")
+    b = token_stream(other, source, "test")
+    assert torch.equal(a, torch.tensor(tokenizer(text, add_special_tokens=False).input_ids))
+    assert torch.equal(b, torch.tensor(other(text, add_special_tokens=False).input_ids))
+    assert a.numel() != b.numel()
+    assert token_stream(tokenizer, source, "test") is a  # memoised
+
+    ref = weakref.ref(other)
+    del other, b
+    gc.collect()
+    assert ref() is None  # the cache holds no strong reference
+
+    for i in range(data.MAX_STREAMS + 3):
+        (tmp_path / f"{i}.txt").write_text(f"text number {i}")
+        token_stream(tokenizer, f"file:{tmp_path / f'{i}.txt'}", "test")
+    assert len(data._STREAMS) == data.MAX_STREAMS

@@ -51,7 +51,7 @@ def test_reload_with_own_loader(tmp_path, tokenizer, family):
     assert torch.equal(logits(loaded.model), logits(pruned))
     assert loaded.extra["plan"].layers == plan.layers
     info = loaded.info()
-    assert info["heads"] == [s["num_heads"] for s in plan.layer_shapes()] and info["params"] == sum(
+    assert info["heads"] == [s["num_heads"] for s in plan.pruned_shapes()] and info["params"] == sum(
         p.numel() for p in {id(p): p for p in pruned.parameters()}.values())
 
 
@@ -98,7 +98,7 @@ def test_uniform_export_loads_without_remote_code(tmp_path, tokenizer):
         assert config["attention_bias"] is compensate and config["mlp_bias"] is compensate
         plain = AutoModelForCausalLM.from_pretrained(folder)
         assert type(plain) is LlamaForCausalLM
-        assert plain.config.num_attention_heads == plan.layer_shapes()[0]["num_heads"]
+        assert plain.config.num_attention_heads == plan.pruned_shapes()[0]["num_heads"]
         assert torch.equal(logits(plain), logits(pruned))
 
 

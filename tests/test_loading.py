@@ -136,3 +136,26 @@ def test_weights_without_tokenizer_is_a_clear_error(tmp_path):
     random_model(tiny_config("llama")).save_pretrained(tmp_path)
     with pytest.raises(ModelSpecError, match="no tokenizer files"):
         load_model(str(tmp_path))
+
+
+def test_hub_reachability_is_probed_again_after_its_expiry(monkeypatch):
+    """A server that starts offline must see the Hub once it comes back (and not probe on every call)."""
+    from bip_core import network
+
+    answers, clock = [False, True], [1000.0]
+    probes = []
+
+    def probe(host, timeout):
+        probes.append(host)
+        return answers[len(probes) - 1]
+
+    monkeypatch.setattr(network, "_reachable", None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(network, "_probe", probe)
+    monkeypatch.setattr(network.time, "monotonic", lambda: clock[0])
+    assert network.hub_reachable() is False
+    clock[0] += network.REACHABLE_TTL_S - 1
+    assert network.hub_reachable() is False and len(probes) == 1  # still the cached answer
+    clock[0] += 1
+    assert network.hub_reachable() is True and len(probes) == 2  # expired: probed again
+    monkeypatch.setattr(network, "_reachable", None)

@@ -13,7 +13,7 @@ from bip_core.errors import BipError, PlanError
 from bip_core.loading import random_model
 from bip_core.plan import ALLOCATIONS, Plan, make_plan
 from bip_core.tiny_configs import tiny_config
-from fake_scores import fake_scores, tiny_folder_with_scores
+from fake_scores import fake_scores, permutation_scores, tiny_folder_with_scores
 
 RATIOS = (0.0, 0.1, 0.25, 0.5, 0.7)
 
@@ -137,7 +137,7 @@ def test_gqa_layouts_stay_valid(tiny_model):
         for allocation in ("uniform", "global", "global-std"):
             for ratio in (0.2, 0.4, 0.6):
                 plan = make_plan(fake_scores(tiny_model, unit=unit, seed=int(ratio * 10)), tiny_model, ratio, allocation)
-                for i, (geom, shape) in enumerate(zip(plan.geometry(), plan.layer_shapes())):
+                for i, (geom, shape) in enumerate(zip(plan.geometry(), plan.pruned_shapes())):
                     q_heads, kv_heads = plan.kept_heads(i)
                     assert shape["num_heads"] % shape["num_kv_heads"] == 0
                     n_rep = shape["num_heads"] // shape["num_kv_heads"]
@@ -181,7 +181,7 @@ def test_manual_plan_that_would_empty_a_layer_is_refused(tiny_model):
     with pytest.raises(PlanError, match="Layer 1: attention ratio 1 removes all"):
         make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios)
     plan = make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios, allow_empty_attention=True)
-    assert plan.layers[1]["attention"] == [] and plan.layer_shapes()[1]["num_heads"] == 0
+    assert plan.layers[1]["attention"] == [] and plan.pruned_shapes()[1]["num_heads"] == 0
     ratios[1] = (0.5, 1.0)
     with pytest.raises(PlanError, match="Layer 1: MLP ratio 1 removes all"):
         make_plan(scores, tiny_model, None, "manual", layer_ratios=ratios, allow_empty_attention=True)
@@ -282,3 +282,86 @@ def test_plan_cli(tmp_path, capsys):
     code = cli_main(["plan", "--scores", str(scores_file), "--allocation", "manual",
                      "--layer-ratios", str(out), "--out", str(tmp_path / "manual.json")])
     assert code == 0 and Plan.load(tmp_path / "manual.json").layers == Plan.load(out).layers
+
+
+# ---- which units a plan keeps -------------------------------------------------------------------------
+
+def plan_for(allocation, scores, model, **kw):
+    if allocation == "manual":
+        n_layers = len(model_geometry(model))
+        ratios = [(0.5, 0.25 + 0.5 * i / n_layers) for i in range(n_layers)]
+        return make_plan(scores, model, None, "manual", layer_ratios=ratios, **kw)
+    return make_plan(scores, model, 0.4, allocation, **kw)
+
+
+@pytest.mark.parametrize("allocation", ALLOCATIONS)
+def test_every_allocation_keeps_the_top_scored_units_of_each_layer(tiny_model, allocation):
+    for unit in units_for(tiny_model):
+        for seed in (0, 1):
+            scores = permutation_scores(tiny_model, unit, seed)
+            plan = plan_for(allocation, scores, tiny_model, round_to=4 if seed else 1)
+            kept_units, kept_channels = plan.kept_counts()
+            assert kept_units.sum() + kept_channels.sum() < plan.costs().units.sum() + plan.costs().channels.sum()
+            for i, layer in enumerate(plan.layers):
+                for key in ("attention", "mlp"):
+                    s = np.asarray(scores.layers[i][key])
+                    best = sorted(np.argsort(-s)[:len(layer[key])].tolist())
+                    assert layer[key] == best, (unit, i, key)
+                    # and every kept unit outscores every removed one
+                    removed = plan.removed(i)[key]
+                    if layer[key] and removed:
+                        assert s[layer[key]].min() > s[removed].max()
+
+
+def test_allocations_are_dispatched_from_one_table():
+    from bip_core.allocation import ALLOCATORS, PRIORITIES
+
+    assert ALLOCATIONS == tuple(ALLOCATORS) == ("uniform", "global", "global-energy", "global-std", "manual")
+    assert set(PRIORITIES) == {"global", "global-energy", "global-std"}  # each a ranking of all units
+
+
+def test_a_new_ranking_is_one_table_entry(monkeypatch, tiny_model):
+    """An MLP-only ranking (attention never removed) as one PRIORITIES-style entry in ALLOCATORS."""
+    from bip_core import allocation
+
+    def mlp_only(req, i, scale):
+        units, channels = allocation.PRIORITIES["global"](req, i, scale)
+        return np.full(units.shape, np.inf), channels
+
+    monkeypatch.setitem(allocation.ALLOCATORS, "mlp-only", lambda req: allocation.global_counts(req, mlp_only))
+    plan = make_plan(fake_scores(tiny_model), tiny_model, 0.3, "mlp-only")
+    kept_units, kept_channels = plan.kept_counts()
+    assert (kept_units == plan.costs().units).all() and kept_channels.sum() < plan.costs().channels.sum()
+    assert abs(plan.summary()["removed_attention_mlp"] - 0.3) <= tolerance(plan) * 2
+
+
+def test_version_1_plan_files_still_load(tmp_path, tiny_model):
+    """Version 1 recorded the geometry as num_heads / num_kv_heads / intermediate / hidden."""
+    plan = make_plan(fake_scores(tiny_model), tiny_model, 0.3, "global")
+    old = json.loads(json.dumps(plan.to_dict()))
+    old["version"] = 1
+    old["meta"]["geometry"] = [{"num_heads": g.num_heads, "num_kv_heads": g.num_kv_heads, "head_dim": g.head_dim,
+                                "intermediate": g.intermediate, "hidden": g.hidden} for g in plan.geometry()]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = Plan.load(tmp_path / "old.json")
+    assert loaded.layers == plan.layers and loaded.geometry() == model_geometry(tiny_model)
+    assert loaded.meta["geometry"] == plan.meta["geometry"] and loaded.to_dict()["version"] == 2
+    assert loaded.summary() == plan.summary()
+    loaded.check_matches(tiny_model)
+    old["version"] = 7
+    with pytest.raises(PlanError, match="version 7 is not supported"):
+        Plan.from_dict(old)
+
+
+def test_plan_save_keeps_the_old_file_and_no_temporary_file(tmp_path, tiny_model):
+    plan = make_plan(fake_scores(tiny_model), tiny_model, 0.3, "global")
+    path = plan.save(tmp_path / "plan.json")
+    before = path.read_text()
+    plan.meta["note"] = object()  # not JSON
+    with pytest.raises(PlanError, match="cannot be written as JSON"):
+        plan.save(path)
+    assert path.read_text() == before and list(tmp_path.iterdir()) == [path]
+    del plan.meta["note"]
+    with pytest.raises(OSError):  # the target is a folder: os.replace fails after the temporary file exists
+        plan.save(tmp_path)
+    assert list(tmp_path.iterdir()) == [path]

@@ -7,7 +7,7 @@ import pytest
 
 from bip_core.errors import ScoresError
 from bip_core.loading import random_model
-from bip_core.scores import Scores, geometry_record
+from bip_core.scores import FORMAT, Scores, geometry_record
 from bip_core.architecture import model_geometry
 from bip_core.tiny_configs import tiny_config
 
@@ -22,7 +22,7 @@ def make_scores(model, **meta) -> Scores:
     layers = [{"attention": [0.5 + i, 0.25], "mlp": [float(j) for j in range(g.intermediate)], "lipschitz": 0.8,
                "output_scale": 3.0, "o_input_mean": [0.0] * (g.num_heads * g.head_dim),
                "down_input_mean": [0.1] * g.intermediate} for i, g in enumerate(geometry)]
-    return Scores(layers=layers, meta={"format": 1, "method": "bip", "model": "tiny", "source": "wiki-bb",
+    return Scores(layers=layers, meta={"format": FORMAT, "method": "bip", "model": "tiny", "source": "wiki-bb",
                                        "samples": 2, "seq_len": 16, "seed": 0, "unit": "kv_group",
                                        "seconds": 0.1, "peak_memory_bytes": 1, "options": {"lipschitz": "measured"},
                                        "geometry": geometry_record(geometry), **meta})
@@ -78,7 +78,7 @@ def test_unreadable_files(tmp_path):
 def test_check_matches_names_the_difference(model):
     scores = make_scores(model)
     wider = random_model(tiny_config("mistral", gqa=True, layers=2, intermediate=8), seed=0)
-    with pytest.raises(ScoresError, match=r"another model \('tiny'.*intermediate 6.*intermediate 8.*layer 0"):
+    with pytest.raises(ScoresError, match=r"\('tiny'\).*another model geometry.*intermediate 6.*intermediate 8.*layer 0"):
         scores.check_matches(wider)
     no_geometry = Scores(layers=scores.layers, meta={"method": "bip"})
     with pytest.raises(ScoresError, match="record no model geometry"):
@@ -90,6 +90,45 @@ def test_save_refuses_nan_and_keeps_the_old_file(model, tmp_path):
     before = path.read_text()
     scores = make_scores(model)
     scores.layers[0]["output_scale"] = float("nan")
-    with pytest.raises(ValueError):
+    with pytest.raises(ScoresError, match="cannot be written as JSON"):
         scores.save(path)
-    assert path.read_text() == before and len(list(tmp_path.iterdir())) == 1
+    assert path.read_text() == before and list(tmp_path.iterdir()) == [path]  # no temporary file left
+
+
+def test_format_1_files_still_load_and_are_upgraded(model, tmp_path):
+    """Format 1 recorded the geometry as heads / kv_heads / intermediate / hidden."""
+    d = make_scores(model).to_dict()
+    d["meta"]["format"] = 1
+    d["meta"]["geometry"] = [{"heads": g.num_heads, "kv_heads": g.num_kv_heads, "head_dim": g.head_dim,
+                              "intermediate": g.intermediate, "hidden": g.hidden} for g in model_geometry(model)]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(d))
+    loaded = Scores.load(path)
+    assert loaded.geometry == model_geometry(model)
+    assert loaded.meta["format"] == FORMAT and loaded.meta["geometry"] == make_scores(model).meta["geometry"]
+    assert set(loaded.meta["geometry"][0]) == {"num_attention_heads", "num_key_value_heads", "head_dim",
+                                               "intermediate_size", "hidden_size"}
+    loaded.check_matches(model)
+    wider = random_model(tiny_config("mistral", gqa=True, layers=2, intermediate=8), seed=0)
+    with pytest.raises(ScoresError, match="another model geometry"):
+        loaded.check_matches(wider)
+
+
+def test_save_refuses_objects_json_cannot_hold(model, tmp_path):
+    scores = make_scores(model)
+    scores.meta["options"] = {"callback": object()}
+    with pytest.raises(ScoresError, match="cannot be written as JSON"):
+        scores.save(tmp_path / "scores.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bias_compensation_is_recommended_for_centred_scores_with_mean_inputs(model):
+    from bip_core.scores import is_centred, recommends_compensation
+
+    assert recommends_compensation(make_scores(model, method="flap"))
+    assert recommends_compensation(make_scores(model, options={"aggregation": "std"}))
+    assert not recommends_compensation(make_scores(model, options={"aggregation": "rms"}))
+    without_means = make_scores(model, method="flap")
+    for layer in without_means.layers:
+        del layer["o_input_mean"]
+    assert is_centred("flap", {}) and not recommends_compensation(without_means)

@@ -60,20 +60,41 @@ def test_measure_speed_fields_and_sane_values(tokenizer):
     assert not model.training
 
 
+def _planned_macs(plan, config, context: int) -> int:
+    """MACs per token of the pruned model, from the plan's kept heads and channels alone."""
+    h, linear, attention = config.hidden_size, config.hidden_size * config.vocab_size, 0
+    for shape in plan.pruned_shapes():
+        q, kv = shape["num_heads"] * shape["head_dim"], shape["num_kv_heads"] * shape["head_dim"]
+        linear += 2 * h * q + 2 * h * kv + 3 * h * shape["intermediate"]
+        attention += 2 * q * context
+    return linear + attention
+
+
 def test_compare_dense_and_pruned(tokenizer):
-    dense = random_model(tiny_config("llama"), seed=0)
-    pruned = shrink_mlp(random_model(tiny_config("llama"), seed=0), 0, 24)
+    from bip_core.plan import make_plan
+    from bip_core.surgery import prune_model
+    from fake_scores import fake_scores
+
+    config = tiny_config("llama", gqa=True)
+    dense = random_model(config, seed=0)
+    plan = make_plan(fake_scores(dense, unit="kv_group"), dense, 0.4, "global")
+    pruned = prune_model(dense, plan)
     settings = dict(batch_sizes=(1,), prompt_len=8, new_tokens=2, repeats=1)
     a, b = measure_speed(dense, tokenizer, **settings), measure_speed(pruned, tokenizer, **settings)
     ratios = compare(a, b)
-    removed = 3 * 64 * (96 - 24)
-    assert ratios["params_ratio"] == pytest.approx(1 - removed / a["params"]["total"])
-    assert ratios["attention_mlp_removed_fraction"] == pytest.approx(removed / a["params"]["attention_mlp"])
-    assert ratios["macs_ratio"] < 1 and ratios["kv_cache_ratio"] == 1
-    assert ratios["same_settings"] and ratios["speedups"][0]["batch_size"] == 1
-    assert ratios["speedups"][0]["prefill_speedup"] > 0
-    same = compare(a, a)
-    assert same["params_ratio"] == same["macs_ratio"] == same["speedups"][0]["decode_speedup"] == 1
+    summary = plan.summary()
+    assert b["params"]["total"] == summary["params_after"] < a["params"]["total"] == summary["params_before"]
+    assert ratios["params_ratio"] == pytest.approx(summary["params_after"] / summary["params_before"])
+    assert ratios["attention_mlp_removed_fraction"] == pytest.approx(summary["removed_attention_mlp"])
+    assert b["macs"]["per_token"] == _planned_macs(plan, config, 8)
+    assert ratios["macs_ratio"] == pytest.approx(_planned_macs(plan, config, 8) / a["macs"]["per_token"])
+    assert ratios["macs_ratio"] < 1
+    kept_kv = sum(s["num_kv_heads"] for s in plan.pruned_shapes())
+    assert ratios["kv_cache_ratio"] == pytest.approx(kept_kv / (config.num_hidden_layers * config.num_key_value_heads))
+    assert ratios["weight_memory_ratio"] == pytest.approx(ratios["params_ratio"])
+    assert ratios["same_settings"] and [s["batch_size"] for s in ratios["speedups"]] == [1]
+    assert ratios["speedups"][0]["prefill_speedup"] == pytest.approx(
+        b["throughput"][0]["prefill_tokens_per_s"] / a["throughput"][0]["prefill_tokens_per_s"])
 
 
 @pytest.mark.slow

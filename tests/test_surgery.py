@@ -10,7 +10,7 @@ from bip_core.loading import random_model
 from bip_core.plan import make_plan
 from bip_core.surgery import mask_model, prune_model
 from bip_core.tiny_configs import tiny_config
-from fake_scores import fake_scores
+from fake_scores import fake_scores, permutation_scores
 
 
 def units_for(model):
@@ -50,7 +50,7 @@ def test_pruned_equals_masked_on_every_family(tiny_model):
                 masked = mask_model(tiny_model, plan, bias_compensation=compensate, scores=scores)
                 assert_same_logits(logits(pruned, IDS), logits(masked, IDS))
                 shapes = [(g.num_heads, g.num_kv_heads, g.intermediate) for g in model_geometry(pruned)]
-                assert shapes == [(s["num_heads"], s["num_kv_heads"], s["intermediate"]) for s in plan.layer_shapes()]
+                assert shapes == [(s["num_heads"], s["num_kv_heads"], s["intermediate"]) for s in plan.pruned_shapes()]
         assert count_params(prune_model(tiny_model, plans["uneven"]))["total"] == plans["uneven"].summary()["params_after"]
 
 
@@ -178,3 +178,33 @@ def test_a_plan_for_another_model_is_refused(default_loaded):
         prune_model(default_loaded.model, plan)
     with pytest.raises(PlanError, match="another model geometry"):
         mask_model(default_loaded.model, plan)
+
+
+# ---- the kept rows are the planned ones ---------------------------------------------------------------
+
+def _rows(heads, head_dim):
+    return [h * head_dim + d for h in heads for d in range(head_dim)]
+
+
+def test_pruned_weights_are_exactly_the_kept_rows_and_columns(tiny_model):
+    """Every pruned Linear equals the original's rows/columns of the plan's kept heads and channels, in order."""
+    for unit in units_for(tiny_model):
+        scores = permutation_scores(tiny_model, unit, seed=3)
+        for plan in (make_plan(scores, tiny_model, 0.4, "global"), uneven_plan(tiny_model, scores)):
+            pruned = prune_model(tiny_model, plan)
+            for i, geom in enumerate(plan.geometry()):
+                old, new = block_parts(tiny_model, i), block_parts(pruned, i)
+                q_heads, kv_heads = plan.kept_heads(i)
+                q, kv, channels = _rows(q_heads, geom.head_dim), _rows(kv_heads, geom.head_dim), plan.layers[i]["mlp"]
+                assert len(q) == new.q_proj.out_features == new.o_proj.in_features
+                if q:
+                    assert torch.equal(new.q_proj.weight, old.q_proj.weight[q])
+                    assert torch.equal(new.k_proj.weight, old.k_proj.weight[kv])
+                    assert torch.equal(new.v_proj.weight, old.v_proj.weight[kv])
+                    assert torch.equal(new.o_proj.weight, old.o_proj.weight[:, q])
+                    if old.q_proj.bias is not None:
+                        assert torch.equal(new.q_proj.bias, old.q_proj.bias[q])
+                        assert torch.equal(new.k_proj.bias, old.k_proj.bias[kv])
+                assert torch.equal(new.gate_proj.weight, old.gate_proj.weight[channels])
+                assert torch.equal(new.up_proj.weight, old.up_proj.weight[channels])
+                assert torch.equal(new.down_proj.weight, old.down_proj.weight[:, channels])

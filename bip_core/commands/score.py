@@ -34,14 +34,9 @@ def add_arguments(parser) -> None:
 
 
 def _options(args) -> dict:
-    from ..errors import ScoresError
+    from ..options import parse_options
 
-    options = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ScoresError(f"--option takes KEY=VALUE, got '{item}'.")
-        options[key.strip()] = value.strip()
+    options = parse_options(args.option, "--option", "--option norm=l1")
     for key in ("lipschitz", "aggregation"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from ..calibration import LayerStats, RunningMoments, weight
+from .seeds import layer_generator
 from .units import unit_query_heads
 
 PASS = "forward"
@@ -69,7 +70,7 @@ class Stats(LayerStats):
         self.probe_tokens = self.probe_z = None  # "directional": tokens picked in this batch and their z
         self.gain_sums = torch.zeros(2, self.units)  # sum_t ||Delta y_tg||, sum_t ||delta_tg|| on probed tokens
         self.gain_tokens = 0
-        self.generator = torch.Generator().manual_seed(int(seed) * 100_003 + index)
+        self.generator = layer_generator(seed, index)
 
     # ---- attention: mean_t ||W_g z_tg|| ----------------------------------------------------------
     def unit_inputs(self, z: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..calibration import LayerStats
+from .seeds import layer_generator
 
 PASS = "weights"
 DEFAULTS: dict = {}
@@ -12,6 +13,6 @@ CHOICES: dict = {}
 
 class Stats(LayerStats):
     def finish(self):
-        generator = torch.Generator().manual_seed(int(self.seed) * 100_003 + self.index)
+        generator = layer_generator(self.seed, self.index)
         return {"attention": torch.rand(self.geometry.num_units(self.unit), generator=generator),
                 "mlp": torch.rand(self.geometry.intermediate, generator=generator)}
