@@ -20,6 +20,18 @@ An allocation maps a `Request` (scores, costs, ratio, constraints) to kept count
   global-std  FLAP's ranking: scores standardised per layer and sub-block, (s - mean) / std (with
               the layer's recorded `standardisation` statistics when the scores have them, as FLAP
               scores do), one ranking; units weigh their parameter count when the budget is filled.
+  mlp-only    attention is kept whole; every active layer removes the same share of its MLP
+              channels (the nearest whole number), so that the global ratio holds.
+  paper       each method's own published rule, as its original code runs it (`PAPER_RULES`):
+              Wanda-sp removes int(r * units) attention units and int(r * channels) channels in
+              every layer (FLAP's `prune_wanda_sp`); LLM-Pruner (taylor, and its magnitude and
+              random baselines) the same counts in its layer range only, layers 4 to 29 of 32 (its
+              scripts' `--block_*_layer_start 4 --block_*_layer_end 30`, scaled to the model's
+              depth); FLAP its standardised global ranking (global-std); LLM-BIP its global-energy
+              ranking. The per-layer rules remove less than r overall: the plan's summary says how
+              much (`removed_attention_mlp`).
+  paper-scaled  the same per-layer rule with the per-layer ratio raised until the plan removes r
+              overall (nearest reachable), so that it can be compared at an equal budget.
   manual      per-layer (attention_ratio, mlp_ratio) pairs, e.g. `plan.meta["layer_ratios"]` of
               another plan edited with sliders.
 
@@ -48,6 +60,7 @@ class Request:
     active: np.ndarray            # bool per layer: may be pruned (not skipped)
     min_units: int                # attention units every layer keeps (0 or 1)
     layer_ratios: object = None   # manual: (attention_ratio, mlp_ratio) per layer
+    method: str | None = None     # the scoring method (the `paper` rules depend on it)
 
     @property
     def output_scale(self) -> np.ndarray | None:
@@ -206,6 +219,97 @@ def manual_counts(req: Request):
     return keep_units, keep_channels
 
 
+# ----------------------------------------------------------------------------------- mlp-only
+
+def mlp_only_counts(req: Request):
+    """Kept (units, channels): all units, and the same share of every active layer's channels."""
+    costs = req.costs
+    share = req.ratio * costs.layer_params.sum() / (costs.channels * costs.channel_cost)[req.active].sum()
+    if (share * costs.channels[req.active] > costs.channels[req.active] - 0.5).any():
+        raise PlanError(f"MLP-only ratio {req.ratio:g} is impossible: it would empty the MLPs, which hold too few of "
+                        "the attention+MLP parameters. Lower the ratio, or use an allocation that prunes attention too.")
+    removed = np.where(req.active, np.minimum(nearest(share * costs.channels), costs.channels - 1), 0)
+    return costs.units.copy(), costs.channels - removed
+
+
+# ----------------------------------------------------------------------------------- the methods' own rules
+
+LLM_PRUNER_RANGE = (4, 30, 32)  # its scripts prune layers [4, 30) of LLaMA-7B's 32
+
+
+def llm_pruner_layers(n_layers: int) -> np.ndarray:
+    """Layers LLM-Pruner prunes, its [4, 30) of 32 scaled to `n_layers`."""
+    start, end, depth = LLM_PRUNER_RANGE
+    active = np.zeros(n_layers, dtype=bool)
+    active[int(round(start * n_layers / depth)):int(round(end * n_layers / depth))] = True
+    return active
+
+
+def per_layer_floor(req: Request, ratio: float, layers: np.ndarray | None = None):
+    """Kept (units, channels) when each pruned layer removes int(ratio * units) units and
+    int(ratio * channels) channels (Wanda-sp's and LLM-Pruner's counts)."""
+    costs = req.costs
+    active = req.active & (np.ones(len(costs.units), dtype=bool) if layers is None else layers)
+    removed_units = np.minimum(np.floor(ratio * costs.units).astype(np.int64), costs.units - req.min_units)
+    removed_channels = np.minimum(np.floor(ratio * costs.channels).astype(np.int64), costs.channels - 1)
+    return (np.where(active, costs.units - removed_units, costs.units),
+            np.where(active, costs.channels - removed_channels, costs.channels))
+
+
+def _wanda_sp(req: Request, ratio: float):
+    return per_layer_floor(req, ratio)
+
+
+def _llm_pruner(req: Request, ratio: float):
+    return per_layer_floor(req, ratio, llm_pruner_layers(len(req.costs.units)))
+
+
+# method -> its own per-layer rule(request, per-layer ratio); methods absent here rank globally
+PER_LAYER_RULES = {"wanda-sp": _wanda_sp, "taylor": _llm_pruner, "magnitude": _llm_pruner, "random": _llm_pruner}
+GLOBAL_RULES = {"flap": "global-std", "bip": "global-energy"}
+
+
+def _rule(req: Request):
+    if req.method in PER_LAYER_RULES:
+        return PER_LAYER_RULES[req.method]
+    if req.method in GLOBAL_RULES:
+        return None
+    raise PlanError(f"The 'paper' allocation needs to know the scoring method; these scores say "
+                    f"'{req.method}'. Use another allocation (uniform, global-energy, ...).")
+
+
+def paper_counts(req: Request):
+    """Kept (units, channels) by the method's own published rule at per-layer ratio `ratio`."""
+    rule = _rule(req)
+    if rule is None:
+        return global_counts(req, PRIORITIES[GLOBAL_RULES[req.method]])
+    return rule(req, req.ratio)
+
+
+def _removed_fraction(req: Request, counts) -> float:
+    removed, _ = req.costs.removed(*counts)
+    return float(removed.sum() / req.costs.layer_params.sum())
+
+
+def paper_scaled_counts(req: Request):
+    """The method's own rule with its per-layer ratio raised until the plan removes `ratio` overall."""
+    rule = _rule(req)
+    if rule is None:
+        return paper_counts(req)
+    low, high = req.ratio, 1.0  # removal grows with the per-layer ratio; its rule never removes more than asked
+    for _ in range(40):
+        mid = (low + high) / 2
+        if _removed_fraction(req, rule(req, mid)) < req.ratio:
+            low = mid
+        else:
+            high = mid
+    best = min((rule(req, r) for r in (low, high)), key=lambda c: abs(_removed_fraction(req, c) - req.ratio))
+    if _removed_fraction(req, best) < req.ratio * 0.9:
+        raise PlanError(f"{req.method}'s own rule cannot remove {req.ratio:.0%} of this model's attention+MLP "
+                        f"parameters (at most {_removed_fraction(req, best):.1%}). Lower the ratio.")
+    return best
+
+
 def _ranked(priority):
     def counts(req: Request):
         return global_counts(req, priority)
@@ -215,6 +319,7 @@ def _ranked(priority):
 
 # name -> rule(request) -> (kept units, kept channels) per layer; the order is the app's
 ALLOCATORS = {"uniform": uniform_counts, **{name: _ranked(p) for name, p in PRIORITIES.items()},
+              "mlp-only": mlp_only_counts, "paper": paper_counts, "paper-scaled": paper_scaled_counts,
               "manual": manual_counts}
 ALLOCATIONS = tuple(ALLOCATORS)
 RATIO_OPTIONAL = ("manual",)  # allocations that take no global ratio

@@ -254,7 +254,8 @@ def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int
     costs = Costs.of_model(model, unit, geometry)
     request = Request(attention=attention, mlp=mlp, layers=layers, costs=costs, ratio=ratio,
                       active=active_layers(n_layers, skip_first, skip_last),
-                      min_units=0 if allow_empty_attention else 1, layer_ratios=layer_ratios)
+                      min_units=0 if allow_empty_attention else 1, layer_ratios=layer_ratios,
+                      method=scores_meta.get("method"))
     keep_units, keep_channels = ALLOCATORS[allocation](request)
     keep_channels = round_channels(keep_channels, costs.channels, round_to)
 

@@ -291,7 +291,7 @@ def plan_for(allocation, scores, model, **kw):
         n_layers = len(model_geometry(model))
         ratios = [(0.5, 0.25 + 0.5 * i / n_layers) for i in range(n_layers)]
         return make_plan(scores, model, None, "manual", layer_ratios=ratios, **kw)
-    return make_plan(scores, model, 0.4, allocation, **kw)
+    return make_plan(scores, model, 0.2 if allocation in ("mlp-only", "paper-scaled") else 0.4, allocation, **kw)
 
 
 @pytest.mark.parametrize("allocation", ALLOCATIONS)
@@ -316,7 +316,8 @@ def test_every_allocation_keeps_the_top_scored_units_of_each_layer(tiny_model, a
 def test_allocations_are_dispatched_from_one_table():
     from bip_core.allocation import ALLOCATORS, PRIORITIES
 
-    assert ALLOCATIONS == tuple(ALLOCATORS) == ("uniform", "global", "global-energy", "global-std", "manual")
+    assert ALLOCATIONS == tuple(ALLOCATORS) == ("uniform", "global", "global-energy", "global-std", "mlp-only",
+                                                "paper", "paper-scaled", "manual")
     assert set(PRIORITIES) == {"global", "global-energy", "global-std"}  # each a ranking of all units
 
 
@@ -328,8 +329,8 @@ def test_a_new_ranking_is_one_table_entry(monkeypatch, tiny_model):
         units, channels = allocation.PRIORITIES["global"](req, i, scale)
         return np.full(units.shape, np.inf), channels
 
-    monkeypatch.setitem(allocation.ALLOCATORS, "mlp-only", lambda req: allocation.global_counts(req, mlp_only))
-    plan = make_plan(fake_scores(tiny_model), tiny_model, 0.3, "mlp-only")
+    monkeypatch.setitem(allocation.ALLOCATORS, "mlp-ranked", lambda req: allocation.global_counts(req, mlp_only))
+    plan = make_plan(fake_scores(tiny_model), tiny_model, 0.3, "mlp-ranked")
     kept_units, kept_channels = plan.kept_counts()
     assert (kept_units == plan.costs().units).all() and kept_channels.sum() < plan.costs().channels.sum()
     assert abs(plan.summary()["removed_attention_mlp"] - 0.3) <= tolerance(plan) * 2
@@ -365,3 +366,55 @@ def test_plan_save_keeps_the_old_file_and_no_temporary_file(tmp_path, tiny_model
     with pytest.raises(OSError):  # the target is a folder: os.replace fails after the temporary file exists
         plan.save(tmp_path)
     assert list(tmp_path.iterdir()) == [path]
+
+
+def _with_method(scores, method: str):
+    scores.meta["method"] = method
+    return scores
+
+
+def test_paper_rules_give_the_originals_counts_on_the_default_model(default_loaded):
+    """Wanda-sp: int(r * units) and int(r * channels) in every layer; LLM-Pruner the same in layers [4, 28) of 30
+    (its [4, 30) of 32); both remove less than r, and the summary says how much."""
+    model = default_loaded.model
+    wanda = make_plan(_with_method(fake_scores(model), "wanda-sp"), model, 0.2, "paper")
+    kept_units, kept_channels = wanda.kept_counts()
+    assert (kept_units == 3).all() and (kept_channels == 1536 - int(0.2 * 1536)).all()  # 0 of 3 KV groups go
+    assert abs(wanda.summary()["removed_attention_mlp"] - 0.15) < 0.002  # the issue's "removing 15%"
+    half = make_plan(_with_method(fake_scores(model), "wanda-sp"), model, 0.5, "paper")
+    assert (half.kept_counts()[0] == 3 - int(0.5 * 3)).all() and (half.kept_counts()[1] == 768).all()
+    taylor = make_plan(_with_method(fake_scores(model), "taylor"), model, 0.2, "paper")
+    kept_units, kept_channels = taylor.kept_counts()
+    inside = np.zeros(30, dtype=bool)
+    inside[4:28] = True
+    assert (kept_channels[inside] == 1229).all() and (kept_channels[~inside] == 1536).all()
+    assert taylor.summary()["removed_attention_mlp"] < wanda.summary()["removed_attention_mlp"]
+
+
+@pytest.mark.parametrize("method,ratio", [("wanda-sp", 0.2), ("wanda-sp", 0.5), ("taylor", 0.2), ("taylor", 0.5)])
+def test_paper_scaled_reaches_the_asked_ratio_with_the_methods_own_shape(default_loaded, method, ratio):
+    model = default_loaded.model
+    plan = make_plan(_with_method(fake_scores(model), method), model, ratio, "paper-scaled")
+    assert abs(plan.summary()["removed_attention_mlp"] - ratio) < 0.04  # whole KV groups are coarse steps
+    kept_units, kept_channels = plan.kept_counts()
+    active = slice(None) if method == "wanda-sp" else slice(4, 28)
+    assert len(set(kept_channels[active].tolist())) == 1  # the same count in every pruned layer
+    if method == "taylor":
+        assert (kept_channels[:4] == 1536).all() and (kept_units[28:] == 3).all()
+
+
+def test_paper_follows_flap_and_bip_global_rankings(default_loaded):
+    model = default_loaded.model
+    for method, ranking in (("flap", "global-std"), ("bip", "global-energy")):
+        scores = _with_method(fake_scores(model), method)
+        assert make_plan(scores, model, 0.3, "paper").layers == make_plan(scores, model, 0.3, ranking).layers
+
+
+def test_mlp_only_keeps_attention_and_cuts_every_mlp_alike(default_loaded):
+    model = default_loaded.model
+    plan = make_plan(fake_scores(model), model, 0.3, "mlp-only")
+    kept_units, kept_channels = plan.kept_counts()
+    assert (kept_units == 3).all() and len(set(kept_channels.tolist())) == 1
+    assert abs(plan.summary()["removed_attention_mlp"] - 0.3) < 0.001
+    with pytest.raises(PlanError, match="MLP-only"):
+        make_plan(fake_scores(model), model, 0.9, "mlp-only")
