@@ -262,3 +262,30 @@ def test_wide_streamed_export_loads_in_plain_transformers(tmp_path, tokenizer):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["BipLlamaForCausalLM"]
     torch.testing.assert_close(torch.from_numpy(np.load(out)), references["twelve-heads"], rtol=0, atol=1e-5)
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------
+
+def test_prune_cli_streamed_gives_the_same_export_and_summary(tmp_path, tokenizer, capsys):
+    from bip_core.cli import main as cli_main
+
+    model, base = saved_base(tmp_path, tiny_config("qwen2", gqa=True, layers=3, vocab=VOCAB))
+    tokenizer.save_pretrained(base)
+    fake_scores(model, model_name=str(base)).save(tmp_path / "scores.json")
+    summaries = {}
+    for way in ("whole", "streamed"):
+        code = cli_main(["prune", "--model", str(base), "--scores", str(tmp_path / "scores.json"), "--ratio", "0.3",
+                         "--allocation", "global", "--bias-compensation", "--out", str(tmp_path / way)]
+                        + (["--streamed"] if way == "streamed" else []))
+        assert code == 0
+        summaries[way] = json.loads(capsys.readouterr().out)
+    assert summaries["streamed"]["streamed"] is True and summaries["whole"]["streamed"] is False
+    assert_same_folders(tmp_path / "streamed", tmp_path / "whole")
+    for summary in summaries.values():
+        del summary["out"], summary["seconds"], summary["streamed"]
+    assert summaries["streamed"] == summaries["whole"]
+    assert summaries["whole"]["params_after"] < summaries["whole"]["params_before"]
+
+    code = cli_main(["prune", "--model", str(tmp_path / "nowhere"), "--scores", str(tmp_path / "scores.json"),
+                     "--ratio", "0.3", "--streamed", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--streamed reads the safetensors" in capsys.readouterr().err
