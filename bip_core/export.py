@@ -1,8 +1,10 @@
-"""Export a pruned model to a folder, and load such a folder back (checked against its manifest).
+"""Export a pruned model to a folder, and check such a folder against its manifest. This module only
+writes; `bip_core.loading.load_export` reads an export back.
 
 An export folder holds:
 
-  model.safetensors (or shards)  weights, no pickles
+  model.safetensors (or ~2 GB    weights, no pickles
+    shards + model.safetensors.index.json)
   config.json                    the family's config + `bip_layer_shapes` (per-layer sizes), an
                                  `auto_map` to the shipped modeling file, and a top-level
                                  `bip_studio` key: version, plan summary, provenance (base model,
@@ -13,8 +15,8 @@ An export folder holds:
   bip_manifest.json              size and sha256 of every other file
 
 Both ways of exporting write through `write_export`: `export_model` from a pruned model in memory,
-`bip_core.streamed_export.prune_and_export` from the base model's weights, one tensor at a time.
-The tensors go out one at a time into safetensors shards (`weights.write_sharded`).
+`bip_core.streamed_export.prune_and_export` from the base model's weights. Either way the tensors
+go out one at a time into safetensors shards (`weights.write_sharded`).
 
 It reloads three ways: `bip_core.loading.load_export` (what `load_model` uses for such folders);
 `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` without BIP Studio; and,
@@ -112,7 +114,8 @@ def _plain_layout(config, family: str, shapes: list[dict]) -> tuple[bool, dict, 
 
 def _zero_biases(model, tensors, flags: dict) -> dict[str, TensorEntry]:
     """Zero biases for the Linears that a config flag gives a bias but the pruned model has none."""
-    linears = (ATTENTION_LINEARS if flags.get("attention_bias") else ()) + (MLP_LINEARS if flags.get("mlp_bias") else ())
+    linears = ((ATTENTION_LINEARS if flags.get("attention_bias") else ())
+               + (MLP_LINEARS if flags.get("mlp_bias") else ()))
     zeros = {}
     for i, layer in enumerate(decoder_layers(model)):
         for linear in linears:

@@ -143,7 +143,8 @@ def prune_model(model, plan: Plan, bias_compensation: bool = False, scores=None)
     n_layers = len(decoder_layers(model))
     compensation = compensation_biases(model, plan, scores) if bias_compensation else [None] * n_layers
     weights = [_sliced_weights(model, plan, i, compensation[i]) for i in range(n_layers)]
-    replaced = [p for i in range(n_layers) for name in LINEARS for p in getattr(block_parts(model, i), name).parameters()]
+    replaced = [p for i in range(n_layers) for name in LINEARS
+                for p in getattr(block_parts(model, i), name).parameters()]
     pruned = _copy_without(model, replaced)
 
     shapes = plan.layer_shapes()

@@ -257,8 +257,8 @@ def test_wide_streamed_export_loads_in_plain_transformers(tmp_path, tokenizer):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = tmp_path / "logits.npy"
-    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path / "twelve-heads"), json.dumps(IDS.tolist()),
-                             str(out)], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path / "twelve-heads"), json.dumps(IDS.tolist()), str(out)]
+    result = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["BipLlamaForCausalLM"]
     torch.testing.assert_close(torch.from_numpy(np.load(out)), references["twelve-heads"], rtol=0, atol=1e-5)
