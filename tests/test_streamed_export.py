@@ -211,7 +211,7 @@ def test_wide_streamed_export_peaks_below_the_model_size(tmp_path):
     growth = memory["peak_memory_bytes"] - memory["memory_at_start_bytes"]
     print(f"model {model_bytes / 2**20:.0f} MiB; streamed export: peak RSS {memory['peak_memory_bytes'] / 2**20:.0f} "
           f"MiB, {growth / 2**20:.0f} MiB above the start")
-    assert "VmHWM" in memory["peak_memory_kind"] and growth < model_bytes / 4
+    assert "VmHWM" in memory["peak_memory_kind"] and growth < model_bytes / 2
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) > 1
     verify_export(tmp_path / "out")
 
