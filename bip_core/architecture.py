@@ -11,6 +11,7 @@ have different head counts or widths is described correctly.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -20,6 +21,38 @@ from .errors import UnsupportedArchitectureError
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 FAMILY_NOTES = "Llama (incl. SmolLM/SmolLM2), Mistral, Qwen2, Qwen3"
 UNIT_KINDS = ("head", "kv_group", "query_slot")
+# The Linear layers of a decoder block, by their module names in every supported family.
+ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
+LINEARS = ATTENTION_LINEARS + MLP_LINEARS
+
+
+def linear_path(name: str) -> str:
+    """Module path of a Linear inside a decoder layer: 'q_proj' -> 'self_attn.q_proj'."""
+    if name in ATTENTION_LINEARS:
+        return f"self_attn.{name}"
+    if name in MLP_LINEARS:
+        return f"mlp.{name}"
+    raise ValueError(f"'{name}' is not one of the block's Linear layers {LINEARS}")
+
+
+def linear_name(layer: int, name: str, param: str = "weight") -> str:
+    """State-dict name of a block Linear's parameter: (3, 'q_proj') -> 'model.layers.3.self_attn.q_proj.weight'."""
+    return f"model.layers.{layer}.{linear_path(name)}.{param}"
+
+
+_LINEAR_NAME = re.compile(r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.(weight|bias)")
+
+
+def parse_linear_name(state_name: str) -> tuple[int, str, str] | None:
+    """(layer, Linear name, 'weight' or 'bias') of a block Linear's state-dict name; None for anything else."""
+    match = _LINEAR_NAME.fullmatch(state_name)
+    if match is None:
+        return None
+    layer, name, param = int(match.group(1)), match.group(2), match.group(3)
+    if name not in LINEARS or linear_name(layer, name, param) != state_name:  # e.g. mlp.q_proj
+        return None
+    return layer, name, param
 
 
 def family_of(config) -> str:
@@ -193,8 +226,7 @@ def count_params(model) -> dict:
     attn_mlp = 0
     for i in range(len(decoder_layers(model))):
         parts = block_parts(model, i)
-        for lin in (parts.q_proj, parts.k_proj, parts.v_proj, parts.o_proj,
-                    parts.gate_proj, parts.up_proj, parts.down_proj):
+        for lin in (getattr(parts, name) for name in LINEARS):
             attn_mlp += lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
     return {"total": total, "attention_mlp": attn_mlp}
 

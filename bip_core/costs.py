@@ -13,9 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .architecture import LayerGeometry, block_parts, count_params
-
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from .architecture import ATTENTION_LINEARS, LINEARS, LayerGeometry, block_parts, count_params
 
 
 def _size(linear) -> int:
@@ -81,7 +79,7 @@ def _layer_costs(model, i: int, geom: LayerGeometry, unit: str) -> tuple[int, ..
     channel_cost = 3 * hidden + _has_bias(p.gate_proj) + _has_bias(p.up_proj)
     size = {name: _size(getattr(p, name)) for name in LINEARS}
     o_bias = p.o_proj.bias.numel() if p.o_proj.bias is not None else 0
-    rest = sum(size[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj")) - o_bias - units * unit_cost
+    rest = sum(size[n] for n in ATTENTION_LINEARS) - o_bias - units * unit_cost
     norms = sum(x.numel() for norm in (p.q_norm, p.k_norm) if norm is not None for x in norm.parameters())
     return units, geom.intermediate, unit_cost, channel_cost, sum(size.values()), rest, norms
 

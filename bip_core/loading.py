@@ -20,7 +20,7 @@ import torch
 
 from .architecture import family_of, summary
 from .default_model import DEFAULT_NAME, PROVENANCE, ensure_default_model
-from .errors import ModelSpecError
+from .errors import ExportError, ModelSpecError
 from .network import require_hub
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -47,7 +47,8 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
-def _load_tokenizer(folder):
+def load_tokenizer(folder):
+    """The tokenizer saved in `folder` (pad token = eos token when it has none); ModelSpecError if absent."""
     from transformers import AutoTokenizer
 
     if not _has_tokenizer(folder):
@@ -94,14 +95,12 @@ def _from_folder(folder: Path, spec: str, dtype, device_map, trust_remote_code) 
         raise ModelSpecError(f"{folder} has no config.json: it is not a transformers model folder.")
     raw = _read_config(folder)
     if "bip_studio" in raw:  # an export of a pruned model: its own loader checks it
-        from .export import load_export  # noqa: WPS433 (import here: export imports us)
-
         return load_export(folder, dtype=dtype, device_map=device_map)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     family = family_of(config)
     if not _has_weights(folder):
         model = random_model(config, seed=0, dtype=dtype)
-        tokenizer = _load_tokenizer(folder if _has_tokenizer(folder) else ensure_default_model())
+        tokenizer = load_tokenizer(folder if _has_tokenizer(folder) else ensure_default_model())
         return LoadedModel(model, tokenizer, spec, None, family,
                            note="randomly initialised (seed 0) from config.json; default tokenizer")
     try:
@@ -110,7 +109,7 @@ def _from_folder(folder: Path, spec: str, dtype, device_map, trust_remote_code) 
     except Exception as err:  # corrupt weights, shape mismatches, truncated files
         raise ModelSpecError(f"Could not load the weights in {folder}: {err}") from err
     model.eval()
-    return LoadedModel(model, _load_tokenizer(folder), spec, str(folder), family)
+    return LoadedModel(model, load_tokenizer(folder), spec, str(folder), family)
 
 
 def load_model(spec: str = "default", dtype=torch.float32, device_map=None,
@@ -144,4 +143,33 @@ def load_model(spec: str = "default", dtype=torch.float32, device_map=None,
     return _from_folder(folder, spec, dtype, device_map, trust_remote_code)
 
 
-__all__ = ["LoadedModel", "load_model", "random_model", "DEFAULT_NAME"]
+def load_export(folder, dtype=torch.float32, device_map=None, verify: bool = True) -> LoadedModel:
+    """Load a BIP Studio export (checked against its manifest unless verify=False) with the project's copy of
+    its modeling code; `.extra` holds "bip_studio" (config meta) and "plan". ExportError if corrupt."""
+    from transformers import AutoConfig
+
+    from .export import PLAN_FILE, is_export, verify_export
+    from .modeling_bip_pruned import PRUNED_CLASSES
+    from .plan import Plan
+
+    folder = Path(folder).expanduser()
+    if not is_export(folder):
+        raise ExportError(f"{folder} is not a BIP Studio export (no readable config.json with a 'bip_studio' key).")
+    raw = verify_export(folder) if verify else _read_config(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        family = family_of(config)
+        model = PRUNED_CLASSES[family].from_pretrained(folder, config=config, dtype=dtype, device_map=device_map)
+        tokenizer = load_tokenizer(folder)
+    except Exception as err:  # shape mismatches, unreadable safetensors
+        raise ExportError(f"Could not load the export in {folder}: {type(err).__name__}: {err}") from err
+    meta = raw["bip_studio"]
+    prov = meta.get("provenance", {})
+    note = (f"BIP Studio export of {prov.get('base_model')}: {prov.get('method')}, ratio {prov.get('ratio')}, "
+            f"{prov.get('allocation')} allocation")
+    plan = Plan.load(folder / PLAN_FILE) if (folder / PLAN_FILE).exists() else None
+    return LoadedModel(model.eval(), tokenizer, str(folder), str(folder), family, note=note,
+                       extra={"bip_studio": meta, "plan": plan})
+
+
+__all__ = ["LoadedModel", "load_model", "load_export", "load_tokenizer", "random_model", "DEFAULT_NAME"]

@@ -26,75 +26,107 @@ import copy
 import torch
 from torch import nn
 
-from .architecture import block_parts, decoder_layers
+from .architecture import LINEARS, LayerGeometry, block_parts, decoder_layers, linear_path
 from .errors import PlanError
 from .modeling_bip_pruned import LAYER_SHAPES_KEY, resize_layer
 from .plan import Plan, scores_parts
+from .scoring.units import head_channels
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MODULE_PATHS = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
-                "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
-                "down_proj": "mlp.down_proj"}
-
-
-def _rows(heads: list[int], head_dim: int) -> list[int]:
-    """Rows (of q/k/v_proj) or columns (of o_proj) that belong to `heads`."""
-    return [h * head_dim + d for h in heads for d in range(head_dim)]
+# Linear -> the scores' mean input used to compensate its pruned columns
+COMPENSATED = {"o_proj": "o_input_mean", "down_proj": "down_input_mean"}
 
 
-def _kept_columns(plan: Plan, i: int, head_dim: int) -> tuple[list[int], list[int], list[int]]:
-    """(q/o head dims kept, k/v head dims kept, MLP channels kept) of layer i."""
-    q_heads, kv_heads = plan.kept_heads(i)
-    return _rows(q_heads, head_dim), _rows(kv_heads, head_dim), plan.layers[i]["mlp"]
+def kept_indices(plan: Plan, i: int) -> dict[str, tuple[int, list[int]]]:
+    """Layer i's Linear name -> (dimension that is sliced, kept indices): rows of q/k/v/gate/up_proj,
+    columns of o/down_proj."""
+    geom = plan.geometry()[i]
+    q_heads, kv_heads = plan.kept_heads(i, geom)
+    q_cols, kv_rows = head_channels(q_heads, geom.head_dim), head_channels(kv_heads, geom.head_dim)
+    channels = plan.layers[i]["mlp"]
+    return {"q_proj": (0, q_cols), "k_proj": (0, kv_rows), "v_proj": (0, kv_rows), "o_proj": (1, q_cols),
+            "gate_proj": (0, channels), "up_proj": (0, channels), "down_proj": (1, channels)}
 
 
-def compensation_biases(model, plan: Plan, scores) -> list[dict]:
-    """Per layer {"o_proj": bias or None, "down_proj": bias or None}: b = W[:, pruned] @ mean input (float32)."""
+def _input_width(geom: LayerGeometry, name: str) -> int:
+    return geom.num_heads * geom.head_dim if name == "o_proj" else geom.intermediate
+
+
+def compensated(plan: Plan, i: int, name: str) -> bool:
+    """Whether bias compensation gives layer i's `name` (o_proj or down_proj) a bias: some column is pruned."""
+    return len(kept_indices(plan, i)[name][1]) < _input_width(plan.geometry()[i], name)
+
+
+def compensation_inputs(plan: Plan, scores) -> list[dict]:
+    """Per layer {"o_proj": mean input or None, "down_proj": ...} from the scores (None where no column is
+    pruned); raises PlanError when the scores lack them."""
     if scores is None:
         raise PlanError("Bias compensation needs the scores the plan came from (scores=...): they hold the mean "
                         "inputs of o_proj and down_proj.")
     layers, _ = scores_parts(scores)
-    biases = []
+    means = []
     for i, geom in enumerate(plan.geometry()):
-        parts = block_parts(model, i)
-        q_cols, _, channels = _kept_columns(plan, i, geom.head_dim)
         entry = {}
-        for name, key, kept, width in (("o_proj", "o_input_mean", q_cols, geom.num_heads * geom.head_dim),
-                                       ("down_proj", "down_input_mean", channels, geom.intermediate)):
-            pruned = sorted(set(range(width)) - set(kept))
-            if not pruned:
+        for name, key in COMPENSATED.items():
+            width, mean = _input_width(geom, name), layers[i].get(key)
+            if not compensated(plan, i, name):
                 entry[name] = None
-                continue
-            mean = layers[i].get(key)
-            if mean is None or len(mean) != width:
+            elif mean is None or len(mean) != width:
                 raise PlanError(
                     f"Bias compensation needs '{key}' (length {width}) in layer {i} of the scores; these scores "
                     f"{'lack it' if mean is None else f'have length {len(mean)}'}. Score with a method that records "
                     f"mean inputs (bip, flap), or prune without bias compensation.")
-            weight = getattr(parts, name).weight
-            idx = torch.tensor(pruned, device=weight.device)
-            mean = torch.as_tensor(mean, dtype=torch.float32, device=weight.device)[idx]  # [|P|]
-            entry[name] = (weight.detach().float()[:, idx] @ mean).to(weight.dtype)        # [hidden]
-        biases.append(entry)
+            else:
+                entry[name] = mean
+        means.append(entry)
+    return means
+
+
+def compensation_bias(weight: torch.Tensor, kept: list[int], mean_input) -> torch.Tensor | None:
+    """b = W[:, P] @ mean_input[P] over the pruned columns P of `weight` (float32 math, W's dtype);
+    None when no column is pruned."""
+    pruned = sorted(set(range(weight.shape[1])) - set(kept))
+    if not pruned:
+        return None
+    idx = torch.tensor(pruned, dtype=torch.long, device=weight.device)
+    mean = torch.as_tensor(mean_input, dtype=torch.float32, device=weight.device)[idx]  # [|P|]
+    return (weight.detach()[:, idx].float() @ mean).to(weight.dtype)                     # [hidden]
+
+
+def compensation_biases(model, plan: Plan, scores) -> list[dict]:
+    """Per layer {"o_proj": bias or None, "down_proj": bias or None} of `model` (see compensation_bias)."""
+    biases = []
+    for i, means in enumerate(compensation_inputs(plan, scores)):
+        kept, parts = kept_indices(plan, i), block_parts(model, i)
+        biases.append({name: None if mean is None else compensation_bias(getattr(parts, name).weight,
+                                                                         kept[name][1], mean)
+                       for name, mean in means.items()})
     return biases
 
 
+def pruned_tensor(tensor: torch.Tensor | None, param: str, dim: int, index: torch.Tensor,
+                  compensation: torch.Tensor | None = None) -> torch.Tensor | None:
+    """A Linear's pruned weight or bias (a new tensor): a weight keeps `index` along `dim`; a bias follows its
+    rows when rows are sliced and stays whole when columns are (plus the compensation bias, if any)."""
+    if param == "weight":
+        return tensor.index_select(dim, index)
+    bias = None if tensor is None else (tensor.index_select(0, index) if dim == 0 else tensor.clone())
+    if compensation is None:
+        return bias
+    return compensation.clone() if bias is None else bias + compensation
+
+
 def _sliced_weights(model, plan: Plan, i: int, compensation: dict | None) -> dict[str, torch.Tensor]:
-    """New tensors (copies) of layer i's pruned Linear weights and biases, keyed 'q_proj.weight' etc."""
+    """New tensors of layer i's pruned Linear weights and biases, keyed 'q_proj.weight' etc."""
     parts = block_parts(model, i)
-    q_cols, kv_rows, channels = _kept_columns(plan, i, plan.geometry()[i].head_dim)
-    keep = {"q_proj": (0, q_cols), "k_proj": (0, kv_rows), "v_proj": (0, kv_rows), "o_proj": (1, q_cols),
-            "gate_proj": (0, channels), "up_proj": (0, channels), "down_proj": (1, channels)}
     out = {}
-    for name, (dim, idx) in keep.items():
+    for name, (dim, kept) in kept_indices(plan, i).items():
         lin = getattr(parts, name)
-        index = torch.tensor(idx, dtype=torch.long, device=lin.weight.device)
-        out[f"{name}.weight"] = lin.weight.detach().index_select(dim, index)
-        if lin.bias is not None:  # a row-wise bias follows its rows; o/down biases are per output and stay
-            out[f"{name}.bias"] = lin.bias.detach().index_select(0, index) if dim == 0 else lin.bias.detach().clone()
-    for name, bias in (compensation or {}).items():
+        index = torch.tensor(kept, dtype=torch.long, device=lin.weight.device)
+        out[f"{name}.weight"] = pruned_tensor(lin.weight.detach(), "weight", dim, index)
+        bias = lin.bias.detach() if lin.bias is not None else None
+        bias = pruned_tensor(bias, "bias", dim, index, (compensation or {}).get(name))
         if bias is not None:
-            out[f"{name}.bias"] = out[f"{name}.bias"] + bias if f"{name}.bias" in out else bias.clone()
+            out[f"{name}.bias"] = bias
     return out
 
 
@@ -111,7 +143,8 @@ def prune_model(model, plan: Plan, bias_compensation: bool = False, scores=None)
     n_layers = len(decoder_layers(model))
     compensation = compensation_biases(model, plan, scores) if bias_compensation else [None] * n_layers
     weights = [_sliced_weights(model, plan, i, compensation[i]) for i in range(n_layers)]
-    replaced = [p for i in range(n_layers) for name in LINEARS for p in getattr(block_parts(model, i), name).parameters()]
+    replaced = [p for i in range(n_layers) for name in LINEARS
+                for p in getattr(block_parts(model, i), name).parameters()]
     pruned = _copy_without(model, replaced)
 
     shapes = plan.pruned_shapes()
@@ -122,16 +155,19 @@ def prune_model(model, plan: Plan, bias_compensation: bool = False, scores=None)
         resize_layer(layer, shape, device="meta")
         for key, tensor in tensors.items():
             module_name, param_name = key.rsplit(".", 1)
-            module = layer.get_submodule(MODULE_PATHS[module_name])
+            module = layer.get_submodule(linear_path(module_name))
+            if getattr(module, param_name) is None:  # the q/k/v biases of a layer left without attention
+                continue
             setattr(module, param_name, nn.Parameter(tensor.contiguous(), requires_grad=requires_grad))
-    _record_shapes(pruned.config, shapes)
-    pruned.config.bip_bias_compensation = bool(bias_compensation)
+    record_pruned_shapes(pruned.config, shapes, bias_compensation)
     return pruned
 
 
-def _record_shapes(config, shapes: list[dict]) -> None:
-    """Per-layer shapes into the config; the standard fields too when every layer has the same shape."""
+def record_pruned_shapes(config, shapes: list[dict], bias_compensation: bool) -> None:
+    """Per-layer shapes into the (pruned model's) config; the standard fields too when every layer has the
+    same shape."""
     setattr(config, LAYER_SHAPES_KEY, shapes)
+    config.bip_bias_compensation = bool(bias_compensation)
     config.head_dim = shapes[0]["head_dim"]
     first = {k: shapes[0][k] for k in ("num_heads", "num_kv_heads", "intermediate")}
     if first["num_heads"] > 0 and all({k: s[k] for k in first} == first for s in shapes):
@@ -148,12 +184,11 @@ def mask_model(model, plan: Plan, bias_compensation: bool = False, scores=None) 
     compensation = compensation_biases(model, plan, scores) if bias_compensation else [None] * n_layers
     masked = copy.deepcopy(model)
     with torch.no_grad():
-        for i, geom in enumerate(plan.geometry()):
-            parts = block_parts(masked, i)
-            q_cols, _, channels = _kept_columns(plan, i, geom.head_dim)
-            for lin, kept, width, name in ((parts.o_proj, q_cols, geom.num_heads * geom.head_dim, "o_proj"),
-                                           (parts.down_proj, channels, geom.intermediate, "down_proj")):
-                pruned = sorted(set(range(width)) - set(kept))
+        for i in range(n_layers):
+            parts, kept = block_parts(masked, i), kept_indices(plan, i)
+            for name in COMPENSATED:  # the Linears whose input columns are removed
+                lin = getattr(parts, name)
+                pruned = sorted(set(range(lin.in_features)) - set(kept[name][1]))
                 lin.weight[:, torch.tensor(pruned, dtype=torch.long, device=lin.weight.device)] = 0
                 bias = (compensation[i] or {}).get(name)
                 if bias is not None:
@@ -163,4 +198,5 @@ def mask_model(model, plan: Plan, bias_compensation: bool = False, scores=None) 
     return masked
 
 
-__all__ = ["prune_model", "mask_model", "compensation_biases"]
+__all__ = ["prune_model", "mask_model", "compensation_biases", "compensation_bias", "compensation_inputs",
+           "kept_indices", "pruned_tensor", "record_pruned_shapes"]

@@ -168,7 +168,8 @@ def write_safetensors(path, entries: Iterable[TensorEntry], fetch: Callable[[str
             if tuple(tensor.shape) != tuple(entry.shape) or tensor.dtype != entry.dtype:
                 raise ValueError(f"{entry.name}: expected {entry.dtype} {tuple(entry.shape)}, "
                                  f"got {tensor.dtype} {tuple(tensor.shape)}")
-            f.write(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            raw = tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8)
+            f.write(memoryview(raw.numpy()))  # the tensor's own bytes, not a copy of them
         return f.tell()
 
 

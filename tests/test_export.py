@@ -14,8 +14,8 @@ import torch
 
 from bip_core.cli import main as cli_main
 from bip_core.errors import ExportError
-from bip_core.export import MANIFEST_FILE, MODELING_FILE, PLAN_FILE, export_model, load_export
-from bip_core.loading import load_model, random_model
+from bip_core.export import MANIFEST_FILE, MODELING_FILE, PLAN_FILE, export_model
+from bip_core.loading import load_export, load_model, random_model
 from bip_core.plan import make_plan
 from bip_core.surgery import prune_model
 from bip_core.tiny_configs import tiny_config

@@ -208,3 +208,23 @@ def test_pruned_weights_are_exactly_the_kept_rows_and_columns(tiny_model):
                 assert torch.equal(new.gate_proj.weight, old.gate_proj.weight[channels])
                 assert torch.equal(new.up_proj.weight, old.up_proj.weight[channels])
                 assert torch.equal(new.down_proj.weight, old.down_proj.weight[:, channels])
+
+
+def test_compensation_bias_is_the_mean_output_of_the_pruned_columns():
+    from bip_core.surgery import compensation_bias
+
+    weight = torch.randn(5, 6, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    mean = torch.arange(6, dtype=torch.float32)
+    bias = compensation_bias(weight, [0, 2, 3], mean.tolist())
+    assert bias.dtype == torch.bfloat16
+    assert torch.equal(bias, (weight.float()[:, [1, 4, 5]] @ mean[[1, 4, 5]]).to(torch.bfloat16))
+    assert compensation_bias(weight, list(range(6)), mean) is None
+
+
+def test_a_layer_without_attention_keeps_no_q_k_v_biases():
+    model = random_model(tiny_config("qwen2", gqa=True), seed=0)  # q/k/v biases
+    plan = make_plan(fake_scores(model), model, None, "manual", allow_empty_attention=True,
+                     layer_ratios=[(1.0, 0.2), (0.5, 0.2), (0.5, 0.2)])
+    names = prune_model(model, plan).state_dict().keys()
+    assert not [n for n in names if n.startswith("model.layers.0.self_attn.") and n.endswith("proj.bias")]
+    assert "model.layers.1.self_attn.q_proj.bias" in names

@@ -1,15 +1,24 @@
 """`python -m bip_core prune --model SPEC --scores scores.json (--plan plan.json | --ratio R --allocation NAME)
-[--bias-compensation] --out DIR`
+[--bias-compensation] [--streamed] --out DIR`
 
 Applies the plan (given, or made from the scores), exports the smaller model to DIR and prints a JSON
 summary: params before/after, per-layer shapes, time.
+
+Two ways, same export: the model loaded whole, pruned in memory and exported; or streamed
+(`--streamed`, or when the model is loaded layer-wise because it does not fit): every tensor read from
+the model folder's safetensors, sliced and written out one at a time, never the whole model in memory.
 """
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from .common import add_model_argument, print_json
 from .plan import add_plan_arguments, plan_from_args
+
+LOAD_OPTIONS = ("pipeline", "device", "dtype")  # shared model arguments, where the CLI has them
 
 
 def add_arguments(parser) -> None:
@@ -20,17 +29,77 @@ def add_arguments(parser) -> None:
     add_plan_arguments(parser, required=False)
     parser.add_argument("--bias-compensation", action="store_true",
                         help="FLAP-style: put the mean output of pruned columns back as o_proj/down_proj biases")
+    parser.add_argument("--streamed", action="store_true",
+                        help="prune and export tensor by tensor from the model folder's safetensors, without "
+                             "loading the model (for models larger than memory)")
     parser.add_argument("--out", required=True, help="export folder (created; an older export there is replaced)")
+
+
+@dataclass
+class Base:
+    """The model to prune: `model` (loaded, or a skeleton on the meta device), and for the streamed way the
+    weight source its tensors are read from."""
+
+    model: object
+    tokenizer: object
+    spec: str
+    weights: object | None = None
+
+
+def _streamed_base(spec: str, trust_remote_code: bool) -> Base:
+    """A model folder's config, tokenizer and safetensors, without loading its weights."""
+    from transformers import AutoConfig
+
+    from ..default_model import ensure_default_model
+    from ..errors import ModelSpecError
+    from ..loading import load_tokenizer
+    from ..streamed_export import meta_model
+    from ..weights import open_weights
+
+    folder = ensure_default_model() if spec == "default" else Path(spec).expanduser()
+    if not (folder.is_dir() and (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))):
+        raise ModelSpecError(f"--streamed reads the safetensors of a local model folder; '{spec}' is not one. "
+                             "Give --model FOLDER (config.json + *.safetensors), or drop --streamed.")
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    return Base(meta_model(config), load_tokenizer(folder), spec, open_weights(folder))
+
+
+def _base(args, spec: str) -> Base:
+    from ..loading import load_model
+
+    if args.streamed:
+        return _streamed_base(spec, args.trust_remote_code)
+    options = {name: getattr(args, name) for name in LOAD_OPTIONS if getattr(args, name, None) is not None}
+    loaded = load_model(spec, trust_remote_code=args.trust_remote_code, **options)
+    layerwise = getattr(loaded, "pipeline", "whole") == "layerwise"  # too big to hold: its weights stay on disk
+    return Base(loaded.model, loaded.tokenizer, loaded.spec, loaded.weights if layerwise else None)
+
+
+def _prune_and_export(args, base: Base, plan, scores, seconds: dict) -> Path:
+    from ..export import export_model
+    from ..streamed_export import prune_and_export
+    from ..surgery import prune_model
+
+    provenance = {"base_model": base.spec, "bias_compensation": args.bias_compensation}
+    t = time.perf_counter()
+    if base.weights is not None:
+        folder = prune_and_export(base.weights, base.model.config, base.tokenizer, plan, args.out,
+                                  bias_compensation=args.bias_compensation, scores=scores, provenance=provenance)
+        seconds["prune"], seconds["export"] = 0.0, time.perf_counter() - t  # pruned while written
+        return folder
+    pruned = prune_model(base.model, plan, bias_compensation=args.bias_compensation, scores=scores)
+    seconds["prune"] = time.perf_counter() - t
+    t = time.perf_counter()
+    folder = export_model(pruned, base.tokenizer, plan, args.out, provenance=provenance)
+    seconds["export"] = time.perf_counter() - t
+    return folder
 
 
 def run(args) -> int:
     from ..architecture import count_params
     from ..errors import PlanError
-    from ..export import export_model, layer_shapes
-    from ..loading import load_model
     from ..plan import Plan
     from ..scores import Scores
-    from ..surgery import prune_model
 
     if (args.plan is None) == (args.ratio is None and args.layer_ratios is None):
         raise PlanError("Give either --plan plan.json or --ratio R (with --allocation), not both and not neither.")
@@ -40,32 +109,27 @@ def run(args) -> int:
     scores = Scores.load(args.scores) if args.scores else None
     plan = Plan.load(args.plan) if args.plan else None
     named = scores.meta.get("model") if scores else (plan.meta.get("calibration") or {}).get("model")
-    loaded = load_model(args.model or named or "default", trust_remote_code=args.trust_remote_code)
+    base = _base(args, args.model or named or "default")
     seconds["load"] = time.perf_counter() - start
 
     t = time.perf_counter()
     if plan is None:
-        plan = plan_from_args(args, scores, loaded.model)
+        plan = plan_from_args(args, scores, base.model)
     seconds["plan"] = time.perf_counter() - t
-    t = time.perf_counter()
-    pruned = prune_model(loaded.model, plan, bias_compensation=args.bias_compensation, scores=scores)
-    seconds["prune"] = time.perf_counter() - t
-    t = time.perf_counter()
-    provenance = {"base_model": loaded.spec, "bias_compensation": args.bias_compensation}
-    folder = export_model(pruned, loaded.tokenizer, plan, args.out, provenance=provenance)
-    seconds["export"] = time.perf_counter() - t
+    folder = _prune_and_export(args, base, plan, scores, seconds)
     seconds["total"] = time.perf_counter() - start
 
-    before, after = count_params(loaded.model), count_params(pruned)
+    config = json.loads((folder / "config.json").read_text())
+    before, after = count_params(base.model), config["bip_studio"]["params"]
     summary = plan.summary()
     print_json({
-        "out": str(folder),
+        "out": str(folder), "streamed": base.weights is not None,
         "method": plan.meta.get("method"), "unit": plan.unit, "allocation": plan.meta.get("allocation"),
         "ratio": plan.meta.get("ratio"), "bias_compensation": args.bias_compensation,
         "params_before": before["total"], "params_after": after["total"],
         "attention_mlp_before": before["attention_mlp"], "attention_mlp_after": after["attention_mlp"],
         "removed_attention_mlp": summary["removed_attention_mlp"], "removed_total": summary["removed_total"],
-        "layer_shapes": layer_shapes(pruned),
+        "layer_shapes": config["bip_layer_shapes"],
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     })
     return 0

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..architecture import block_parts, decoder_layers
+from ..architecture import LINEARS, block_parts, decoder_layers
 from ..calibration import LayerStats, weight
 from ..errors import ScoresError
 from .units import per_unit
@@ -30,7 +30,7 @@ from .units import per_unit
 PASS = "backward"
 DEFAULTS = {"variant": "element1"}
 CHOICES = {"variant": ("element1", "vector")}
-SCORED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCORED = LINEARS  # every Linear of a block
 
 
 def _scored_weights(model) -> list[torch.nn.Parameter]:
