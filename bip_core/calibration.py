@@ -170,7 +170,8 @@ def _nothing():
     yield
 
 
-def _first(x):
+def first_output(x):
+    """A module's main output (decoder layers return a tuple in older transformers versions)."""
     return x[0] if isinstance(x, tuple) else x
 
 
@@ -181,6 +182,7 @@ class TapGroup:
 
     def __init__(self):
         self.handles = []
+        self.fed: list[LayerStats] = []
         self.active = True
 
     @contextmanager
@@ -198,12 +200,12 @@ class TapGroup:
         def keep(name: str, use_output: bool = False):
             def hook(_module, args, output):
                 if self.active:
-                    seen[name] = _first(output if use_output else args[0]).detach().flatten(0, -2)
+                    seen[name] = first_output(output if use_output else args[0]).detach().flatten(0, -2)
             return hook
 
         def block_done(_module, _args, output):
             if self.active:
-                y = _first(output).detach().flatten(0, -2)  # [batch, seq, f] -> [tokens, f]
+                y = first_output(output).detach().flatten(0, -2)  # [batch, seq, f] -> [tokens, f]
                 stats.on_block(BlockTaps(y=y, **seen))
                 seen.clear()
                 if after_block is not None:
@@ -214,29 +216,36 @@ class TapGroup:
             self.handles.append(module.register_forward_hook(keep(name, use_output)))
         self.handles.append(parts.layer.register_forward_hook(block_done))
         stats.muted = self.muted
+        self.fed.append(stats)
+
+    def attach_layer(self, layer: torch.nn.Module, stats: LayerStats,
+                     after_block: Callable[[], None] | None = None) -> None:
+        self.attach(layer_parts(layer), stats, after_block)
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        for stats in self.fed:
+            stats.muted = _nothing
         self.handles.clear()
+        self.fed.clear()
 
 
-def _input_device(model) -> torch.device:
+def input_device(model) -> torch.device:
     device = model.get_input_embeddings().weight.device
     return torch.device("cpu") if device.type == "meta" else device  # offloaded: accelerate moves inputs
 
 
-def batch_progress(progress: Progress | None, desc: str, batches: int, layers: int):
-    """A callable to call after each layer of each batch: progress(done, total, "desc: batch b/B")."""
-    done, total = 0, batches * layers
+class ProgressCounter:
+    """Counts finished steps and reports progress(done, total, "desc: where") after each."""
 
-    def step(label: str = "") -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total, f"{desc}: {label}batch {(done - 1) // layers + 1}/{batches}")
+    def __init__(self, progress: Progress | None, total: int, desc: str):
+        self.progress, self.total, self.desc, self.done = progress, total, desc, 0
 
-    return step
+    def step(self, where: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, f"{self.desc}: {where}")
 
 
 def run_calibration(model, input_ids: torch.Tensor, stats: list[LayerStats], batch_size: int = 8,
@@ -251,9 +260,13 @@ def run_calibration(model, input_ids: torch.Tensor, stats: list[LayerStats], bat
     if len(stats) != len(layers):
         raise ValueError(f"need one LayerStats per decoder layer ({len(layers)}), got {len(stats)}")
     batches = torch.split(input_ids, max(1, int(batch_size)))
-    step = batch_progress(progress, desc, len(batches), len(layers))
+    counter = ProgressCounter(progress, len(batches) * len(layers), desc)
+
+    def step():
+        counter.step(f"batch {counter.done // len(layers) + 1}/{len(batches)}")
+
     taps = TapGroup()
-    device = _input_device(model)
+    device = input_device(model)
     decoder = getattr(model, model.base_model_prefix, model)  # e.g. LlamaModel: no LM head
     try:
         for i, s in enumerate(stats):
@@ -268,5 +281,3 @@ def run_calibration(model, input_ids: torch.Tensor, stats: list[LayerStats], bat
                     decoder(input_ids=ids, use_cache=False)
     finally:
         taps.remove()
-        for s in stats:
-            s.muted = _nothing
