@@ -92,7 +92,7 @@ def test_skeleton_read_from_safetensors_scores_like_the_model_in_memory(wide_sav
     assert block_parts(meta_model, 0).q_proj.weight.device.type == "meta"
     for method, options in FORWARD_METHODS:
         whole = score(model, small, method, **calibration, **options)
-        streamed = score(meta_model, small, method, weights=weights, **calibration, **options)  # auto
+        streamed = score(meta_model, small, method, weight_source=weights, **calibration, **options)  # auto
         assert streamed.meta["pipeline"] == "layerwise"
         assert_same_scores(whole, streamed)
     assert block_parts(meta_model, 0).q_proj.weight.device.type == "meta"  # the skeleton stays empty
@@ -100,7 +100,7 @@ def test_skeleton_read_from_safetensors_scores_like_the_model_in_memory(wide_sav
 
 def test_clear_errors(wide_saved, tokenizer, gqa_tiny):
     _, folder = wide_saved
-    with pytest.raises(ScoresError, match="skeleton.*weights=open_weights"):
+    with pytest.raises(ScoresError, match="skeleton.*weight_source=open_weights"):
         score(skeleton(folder), SmallVocab(tokenizer, 512), "bip", **CALIBRATION)
     with pytest.raises(ScoresError, match="taylor needs gradients.*pipeline='whole'"):
         score(gqa_tiny, tokenizer, "taylor", pipeline="layerwise", **CALIBRATION)
@@ -194,7 +194,7 @@ def test_layerwise_scoring_peaks_below_the_model_size(tmp_path, tokenizer, short
         tokenizer = SmallVocab(AutoTokenizer.from_pretrained({str(tmp_path / 'tokenizer')!r}), 512)
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained({str(folder)!r})).eval()
-        scores = score(model, tokenizer, "bip", weights=open_weights({str(folder)!r}),
+        scores = score(model, tokenizer, "bip", weight_source=open_weights({str(folder)!r}),
                        source={short_text!r}, samples=8, seq_len=64)
         print("RESULT " + json.dumps(scores.meta))
     """)

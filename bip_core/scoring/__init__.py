@@ -110,7 +110,7 @@ def _pipeline(model, weights, pipeline: str, metric, method: str) -> str:
         pipeline = "whole" if own and not is_skeleton(model) else "layerwise"
     if pipeline == "whole" and is_skeleton(model):
         raise ScoresError("The model is a skeleton on the meta device: score it with pipeline='layerwise' and "
-                          "weights=open_weights(folder) (bip_core.weights).")
+                          "weight_source=open_weights(folder) (bip_core.weights).")
     if pipeline == "layerwise" and metric.PASS == "backward":
         raise ScoresError(f"{method} needs gradients through the whole model, which the layer-wise pipeline "
                           "does not compute: score it with pipeline='whole' (the model in memory), or use a "
@@ -133,7 +133,7 @@ def _placement(model, weights, pipeline: str, device, dtype):
     if weights is None:
         if is_skeleton(model):
             raise ScoresError("The model is a skeleton on the meta device and no weights were given: pass "
-                              "weights=open_weights(folder) (bip_core.weights).")
+                              "weight_source=open_weights(folder) (bip_core.weights).")
         from ..weights import ModuleWeights
 
         weights = ModuleWeights(model)
@@ -164,22 +164,24 @@ def _calibrate(metric, method: str, model, stats, input_ids, pipeline: str, weig
 
 def score(model, tokenizer, method: str = "bip", source: str = "wiki-bb", samples: int = 64,
           seq_len: int = 128, seed: int = 0, unit: str | None = None, progress=None, *,
-          batch_size: int = 8, model_name: str | None = None, weights=None, device=None, dtype=None,
+          batch_size: int = 8, model_name: str | None = None, weight_source=None, device=None, dtype=None,
           pipeline: str = "auto", **options) -> Scores:
     """Score every attention unit and MLP channel of `model` (see the module docstring).
 
     pipeline: "whole" (the model runs where it is, in its dtype; device/dtype, if given, must match),
-    "layerwise" (one layer at a time from `weights` onto `device` (default: the model's input device)
-    in `dtype` (default: the weights' dtype); weights default to the model itself, and are required
-    for a skeleton on the meta device) or "auto" (layerwise for a skeleton or weights from elsewhere).
+    "layerwise" (one layer at a time from `weight_source` (bip_core.weights: `open_weights(folder)`,
+    `ModuleWeights(model)`; default: the model itself, required for a skeleton on the meta device)
+    onto `device` (default: the model's input device) in `dtype` (default: the weights' dtype)) or
+    "auto" (layerwise for a skeleton or a weight source other than the model, else whole).
+    (`weight_source`, not `weights`: magnitude has an option called `weights`.)
     progress(done, total, desc) is called after each decoder layer of each calibration batch (or
     each layer for weight-only methods). `options` are the method's (`method_options(method)`)."""
     metric = _metric(method)
     method = next(name for name, m in METRICS.items() if m is metric)
     options = _options(method, metric, options)
     unit = _unit(model, unit)
-    pipeline = _pipeline(model, weights, pipeline, metric, method)
-    weights, device, dtype = _placement(model, weights, pipeline, device, dtype)
+    pipeline = _pipeline(model, weight_source, pipeline, metric, method)
+    weights, device, dtype = _placement(model, weight_source, pipeline, device, dtype)
     uses_data = metric.PASS != "weights"
     input_ids = None
     if uses_data:
