@@ -1,12 +1,18 @@
 """The one calibration driver every data-driven metric plugs into.
 
-It runs the dense model over calibration windows in batches and hands four tensors of every decoder
-block (METHOD.md section 2) to that block's `LayerStats`:
+It runs the dense model over calibration windows in batches and, once a decoder block has run a
+batch, hands what happened inside it (METHOD.md section 2) to that block's `LayerStats` in one call,
+`on_block(BlockTaps(z, h, m, f, y))`:
 
-    on_o_input(z)        z_t: input of o_proj (head outputs)        [tokens, heads * head_dim]
-    on_mlp_input(h)      h_t: input of RMSNorm2 (= x_t + a_t)       [tokens, hidden]
-    on_down_input(m)     m_t: input of down_proj                    [tokens, intermediate]
-    on_block_output(y)   y_t: output of the block                   [tokens, hidden]
+    z_t  input of o_proj (head outputs)        [tokens, heads * head_dim]
+    h_t  input of RMSNorm2 (= x_t + a_t)       [tokens, hidden]
+    m_t  input of down_proj                    [tokens, intermediate]
+    f_t  output of the MLP, F(h_t)             [tokens, hidden]
+    y_t  output of the block (= h_t + f_t)     [tokens, hidden]
+
+The taps are collected by forward hooks (`TapGroup`) that can be muted as a group. The same taps
+and statistics serve the one-pass driver here (`run_calibration`, the whole model in memory) and
+the layer-wise pipeline (bip_core.pipeline, one decoder layer at a time).
 
 Forward metrics run the decoder only (`model.model`: embeddings, rotary, layers, final norm; no LM
 head) under `torch.no_grad()`. Backward metrics (taylor) run the full model with the LM-head loss
@@ -21,11 +27,13 @@ materialises offloaded parameters for the moment they are read.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
 
-from .architecture import block_parts, decoder_layers, layer_geometry
+from .architecture import BlockParts, block_parts, decoder_layers, layer_geometry
 
 Progress = Callable[[int, int, str], None]
 
@@ -78,10 +86,38 @@ class RunningMoments:
         return self.m2.cpu() / max(1, self.count - (1 if unbiased else 0))
 
 
+@dataclass
+class BlockTaps:
+    """What one batch did inside one decoder block (METHOD.md section 2), [tokens, features] each:
+
+    z  input of o_proj (head outputs)          [tokens, heads * head_dim]
+    h  input of RMSNorm2 (= x + a)             [tokens, hidden]
+    m  input of down_proj                      [tokens, intermediate]
+    f  output of the MLP, F(h)                 [tokens, hidden]
+    y  output of the block (= h + f)           [tokens, hidden]
+    """
+
+    z: torch.Tensor
+    h: torch.Tensor
+    m: torch.Tensor
+    f: torch.Tensor
+    y: torch.Tensor
+
+
+def layer_parts(layer: torch.nn.Module) -> BlockParts:
+    """The BlockParts of a decoder layer module on its own (e.g. a copy onloaded by the pipeline)."""
+    return block_parts(SimpleNamespace(layers=[layer]), 0)
+
+
 class LayerStats:
     """Statistics of one decoder block. The base class keeps what every calibrated method records:
     the token count, the mean inputs of o_proj and down_proj (for bias compensation) and the sum of
-    ||y_t|| (the block's output scale). Subclasses add their own sums and call `super()` first."""
+    ||y_t|| (the block's output scale). Subclasses add their own sums and call `super()` first.
+
+    The driver calls `on_block(taps)` once per batch, after the block ran; `finish()` while
+    `self.parts` (the block's modules, re-pointed by `bind(layer)` at an onloaded copy in the
+    layer-wise pipeline) still hold the weights. `self.muted()` runs modules of the block without
+    feeding any taps (for probes)."""
 
     def __init__(self, model, index: int, unit: str, options: dict, seed: int):
         self.index, self.unit, self.options, self.seed = index, unit, options, seed
@@ -89,7 +125,11 @@ class LayerStats:
         self.geometry = layer_geometry(model, index)
         self.tokens = 0
         self.sums: dict[str, torch.Tensor] = {}
-        self.silenced = _nothing  # set by the driver: run modules of the block without feeding hooks
+        self.muted = _nothing  # set by the driver
+
+    def bind(self, layer: torch.nn.Module) -> None:
+        """Read weights from `layer` (a copy of this block holding real tensors) from now on."""
+        self.parts = layer_parts(layer)
 
     def add(self, name: str, value: torch.Tensor) -> None:
         """Running float32 sum `name` += value, kept on the device of `value`."""
@@ -100,18 +140,20 @@ class LayerStats:
     def mean(self, name: str) -> torch.Tensor:
         return self.sums[name].cpu() / max(1, self.tokens)
 
-    # Taps (each receives detached [tokens, features] tensors) ------------------------------------
+    def on_block(self, taps: BlockTaps) -> None:
+        """One batch through the block: the per-tap updates below, in the block's order."""
+        self.on_o_input(taps.z)
+        self.on_down_input(taps.m)
+        self.on_block_output(taps.y)
+
     def on_o_input(self, z: torch.Tensor) -> None:
         self.add("o_input", z.sum(0, dtype=torch.float32))
-
-    def on_mlp_input(self, h: torch.Tensor) -> None:
-        pass
 
     def on_down_input(self, m: torch.Tensor) -> None:
         self.add("down_input", m.sum(0, dtype=torch.float32))
 
     def on_block_output(self, y: torch.Tensor) -> None:
-        self.tokens += y.shape[0]  # the last tap of a block: count its tokens once
+        self.tokens += y.shape[0]
         self.add("output_norm", torch.linalg.vector_norm(y.float(), dim=-1).sum())
 
     def finish(self) -> dict:
@@ -128,48 +170,88 @@ def _nothing():
     yield
 
 
-class _Hooks:
-    """Forward hooks feeding each block's taps to its LayerStats; silenced while stats probe."""
+def first_output(x):
+    """A module's main output (decoder layers return a tuple in older transformers versions)."""
+    return x[0] if isinstance(x, tuple) else x
+
+
+class TapGroup:
+    """Forward hooks that collect each block's taps during a batch and hand them to the block's
+    LayerStats together once the block has run. The whole group can be muted (llm-compressor's
+    disabled hooks): probes and the pipeline's propagation passes run without feeding statistics."""
 
     def __init__(self):
         self.handles = []
+        self.fed: list[LayerStats] = []
         self.active = True
 
     @contextmanager
-    def silenced(self):
-        self.active = False
+    def muted(self):
+        active, self.active = self.active, False
         try:
             yield
         finally:
-            self.active = True
+            self.active = active
 
-    def tap(self, module, feed: Callable[[torch.Tensor], None], use_output: bool = False) -> None:
-        def hook(_module, args, output):
+    def attach(self, parts: BlockParts, stats: LayerStats, after_block: Callable[[], None] | None = None) -> None:
+        """Tap the block `parts`; after each batch call stats.on_block(taps), then after_block()."""
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(name: str, use_output: bool = False):
+            def hook(_module, args, output):
+                if self.active:
+                    seen[name] = first_output(output if use_output else args[0]).detach().flatten(0, -2)
+            return hook
+
+        def block_done(_module, _args, output):
             if self.active:
-                x = output if use_output else args[0]
-                if isinstance(x, tuple):
-                    x = x[0]
-                feed(x.detach().flatten(0, -2))  # [batch, seq, f] -> [tokens, f]
-        self.handles.append(module.register_forward_hook(hook))
+                y = first_output(output).detach().flatten(0, -2)  # [batch, seq, f] -> [tokens, f]
+                stats.on_block(BlockTaps(y=y, **seen))
+                seen.clear()
+                if after_block is not None:
+                    after_block()
 
-    def after(self, module, call: Callable[[], None]) -> None:
-        self.handles.append(module.register_forward_hook(lambda *_: call()))
+        for module, name, use_output in ((parts.o_proj, "z", False), (parts.post_norm, "h", False),
+                                         (parts.down_proj, "m", False), (parts.mlp, "f", True)):
+            self.handles.append(module.register_forward_hook(keep(name, use_output)))
+        self.handles.append(parts.layer.register_forward_hook(block_done))
+        stats.muted = self.muted
+        self.fed.append(stats)
+
+    def attach_layer(self, layer: torch.nn.Module, stats: LayerStats,
+                     after_block: Callable[[], None] | None = None) -> None:
+        self.attach(layer_parts(layer), stats, after_block)
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        for stats in self.fed:
+            stats.muted = _nothing
         self.handles.clear()
+        self.fed.clear()
 
 
-def _input_device(model) -> torch.device:
+def input_device(model) -> torch.device:
     device = model.get_input_embeddings().weight.device
     return torch.device("cpu") if device.type == "meta" else device  # offloaded: accelerate moves inputs
+
+
+class ProgressCounter:
+    """Counts finished steps and reports progress(done, total, "desc: where") after each."""
+
+    def __init__(self, progress: Progress | None, total: int, desc: str):
+        self.progress, self.total, self.desc, self.done = progress, total, desc, 0
+
+    def step(self, where: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, f"{self.desc}: {where}")
 
 
 def run_calibration(model, input_ids: torch.Tensor, stats: list[LayerStats], batch_size: int = 8,
                     progress: Progress | None = None, desc: str = "calibration",
                     backward: bool = False) -> None:
-    """Feed every block's taps to `stats[i]` while the model runs over `input_ids` [N, L].
+    """Feed every block's taps to `stats[i]` while the whole model runs over `input_ids` [N, L].
 
     backward=False: decoder only, no gradients. backward=True: full model with the LM loss
     (labels = inputs), one backward per batch, gradients accumulated into the parameters that
@@ -178,27 +260,17 @@ def run_calibration(model, input_ids: torch.Tensor, stats: list[LayerStats], bat
     if len(stats) != len(layers):
         raise ValueError(f"need one LayerStats per decoder layer ({len(layers)}), got {len(stats)}")
     batches = torch.split(input_ids, max(1, int(batch_size)))
-    total, done = len(batches) * len(layers), 0
-    hooks = _Hooks()
+    counter = ProgressCounter(progress, len(batches) * len(layers), desc)
 
-    def layer_done():
-        nonlocal done
-        done += 1
-        if progress is not None:
-            batch_number = (done - 1) // len(layers) + 1
-            progress(done, total, f"{desc}: batch {batch_number}/{len(batches)}")
+    def step():
+        counter.step(f"batch {counter.done // len(layers) + 1}/{len(batches)}")
 
-    device = _input_device(model)
+    taps = TapGroup()
+    device = input_device(model)
     decoder = getattr(model, model.base_model_prefix, model)  # e.g. LlamaModel: no LM head
     try:
         for i, s in enumerate(stats):
-            parts = block_parts(model, i)
-            s.silenced = hooks.silenced
-            hooks.tap(parts.o_proj, s.on_o_input)
-            hooks.tap(parts.post_norm, s.on_mlp_input)
-            hooks.tap(parts.down_proj, s.on_down_input)
-            hooks.tap(parts.layer, s.on_block_output, use_output=True)
-            hooks.after(parts.layer, layer_done)
+            taps.attach(block_parts(model, i), s, step)
         with torch.set_grad_enabled(backward):
             for batch in batches:
                 ids = batch.to(device)
@@ -208,6 +280,4 @@ def run_calibration(model, input_ids: torch.Tensor, stats: list[LayerStats], bat
                 else:
                     decoder(input_ids=ids, use_cache=False)
     finally:
-        hooks.remove()
-        for s in stats:
-            s.silenced = _nothing
+        taps.remove()

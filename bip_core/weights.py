@@ -134,7 +134,10 @@ class ModuleWeights:
         module = self.model.get_submodule(module_name)
         with align_module_device(module):
             tensor = getattr(module, attr).detach()
-            return _cast(tensor, device, dtype).clone() if tensor.device.type != "meta" else tensor
+            if tensor.device.type == "meta":
+                return tensor
+            out = _cast(tensor, device, dtype)
+            return out.clone() if out.data_ptr() == tensor.data_ptr() else out  # a copy either way, made once
 
 
 def open_weights(folder) -> FolderWeights:

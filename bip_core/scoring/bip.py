@@ -38,9 +38,11 @@ while the bound 1 + L_l is 1.6-37 and over-protects attention everywhere.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from ..calibration import LayerStats, RunningMoments, weight
+from ..calibration import BlockTaps, LayerStats, RunningMoments, weight
 from .seeds import layer_generator
 from .units import unit_query_heads
 
@@ -51,6 +53,36 @@ CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("directional
 LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
           "lipschitz_tokens": (lambda n: n >= 1, ">= 1"),
           "lipschitz_eps": (lambda eps: eps > 0, "> 0")}
+
+
+Mlp = Callable[[torch.Tensor], torch.Tensor]  # F(h) = MLP(RMSNorm2(h)), [..., hidden] -> [..., hidden]
+
+
+# ---- the probes: pure functions of the block's MLP F and the probed tokens ------------------------------
+def directional_change(mlp: Mlp, h: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_t ||Delta y_tg||, sum_t ||delta_tg||) per unit, Delta y_tg = delta_tg + F(h_t) - F(h_t - delta_tg):
+    the block-output change of removing unit g at token t, through the MLP.
+
+    h: [k, hidden] probed tokens (the model's dtype); delta: [units, k, hidden] float32."""
+    probe = torch.cat([h[None], (h.float()[None] - delta).to(h.dtype)])  # [1 + units, k, hidden]
+    f = mlp(probe).float()
+    change = delta + f[:1] - f[1:]  # [units, k, hidden]
+    return change.norm(dim=-1).sum(1), delta.norm(dim=-1).sum(1)
+
+
+def lipschitz_ratios(mlp: Mlp, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """||F(h + e) - F(h)|| / ||e|| per token; h: [k, hidden] (the model's dtype), e: [k, hidden] float32.
+    e is taken as the model's dtype rounded it."""
+    probe = torch.cat([h, h + e.to(h.dtype)])  # [2k, hidden]: h and h + e
+    f = mlp(probe).float()
+    e = (probe[len(h):] - probe[:len(h)]).float()
+    return (f[len(h):] - f[:len(h)]).norm(dim=-1) / e.norm(dim=-1)
+
+
+def random_directions(h: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+    """Random e [k, hidden] (float32, on h's device) with ||e_t|| = eps * ||h_t||."""
+    e = torch.randn(h.shape, generator=generator).to(h.device)
+    return e * (eps * h.float().norm(dim=-1, keepdim=True) / e.norm(dim=-1, keepdim=True))
 
 
 class Stats(LayerStats):
@@ -67,10 +99,20 @@ class Stats(LayerStats):
         self.channel_moments = RunningMoments()  # of m_tj, for "std"
         self.lipschitz_ratios: list[torch.Tensor] = []
         self.directional = options["lipschitz"] == "directional"
-        self.probe_tokens = self.probe_z = None  # "directional": tokens picked in this batch and their z
         self.gain_sums = torch.zeros(2, self.units)  # sum_t ||Delta y_tg||, sum_t ||delta_tg|| on probed tokens
         self.gain_tokens = 0
         self.generator = layer_generator(seed, index)
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        """F(h) = MLP(RMSNorm2(h)) of this block, run without feeding any taps."""
+        with self.muted():
+            return self.parts.mlp(self.parts.post_norm(h))
+
+    def on_block(self, taps: BlockTaps) -> None:
+        super().on_block(taps)  # unit and channel statistics (on_o_input, on_down_input below)
+        if self.directional and self.units:
+            self.probe_gains(taps.z, taps.h)
+        self.probe_lipschitz(taps.h)
 
     # ---- attention: mean_t ||W_g z_tg|| ----------------------------------------------------------
     def unit_inputs(self, z: torch.Tensor) -> torch.Tensor:
@@ -93,7 +135,6 @@ class Stats(LayerStats):
         if not self.units:  # attention pruned away
             return
         z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
-        self.pick_gain_tokens(z_units)
         if self.centred:
             self.unit_moments.add(z_units)
             return
@@ -112,48 +153,33 @@ class Stats(LayerStats):
         else:
             self.add("squared_m", (m.float() ** 2).sum(0))  # sum_t m_tj^2
 
-    # ---- L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens ------------------------------------------
-    def on_mlp_input(self, h):
-        if self.probe_tokens is not None:
-            self.measure_gains(h)
+    # ---- the probes, on a few seeded tokens of the first batches --------------------------------------
+    def pick(self, tokens: int, wanted: int, device) -> torch.Tensor:
+        return torch.randperm(tokens, generator=self.generator)[:wanted].to(device)
+
+    def probe_gains(self, z: torch.Tensor, h: torch.Tensor) -> None:
+        """"directional": the MLP's gain along each unit's own change (delta centred on the batch mean
+        for "std", i.e. with the mean put back as compensation does)."""
+        wanted = self.options["lipschitz_tokens"] - self.gain_tokens
+        if wanted <= 0:
+            return
+        z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
+        picked = self.pick(z_units.shape[1], wanted, z.device)
+        centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
+        w_units = self.unit_inputs(weight(self.parts.o_proj).to(h.device))  # [units, hidden, unit_width]
+        delta = (z_units[:, picked] - centre) @ w_units.transpose(1, 2)  # [units, k, hidden]
+        change, size = directional_change(self.mlp, h[picked], delta)
+        self.gain_sums += torch.stack([change, size]).cpu()
+        self.gain_tokens += len(picked)
+
+    def probe_lipschitz(self, h: torch.Tensor) -> None:
+        """L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens."""
         wanted = self.options["lipschitz_tokens"] - sum(len(r) for r in self.lipschitz_ratios)
         if wanted <= 0:
             return
-        picked = torch.randperm(h.shape[0], generator=self.generator)[:wanted].to(h.device)
-        h = h[picked]  # [k, hidden]
-        e = torch.randn(h.shape, generator=self.generator).to(h.device)
-        e = e * (self.options["lipschitz_eps"] * h.float().norm(dim=-1, keepdim=True) / e.norm(dim=-1, keepdim=True))
-        probe = torch.cat([h, h + e.to(h.dtype)])  # [2k, hidden]: h and h + e
-        with self.silenced():
-            f = self.parts.mlp(self.parts.post_norm(probe)).float()
-        e = (probe[len(h):] - probe[:len(h)]).float()  # e as the model's dtype rounded it
-        ratio = (f[len(h):] - f[:len(h)]).norm(dim=-1) / e.norm(dim=-1)
-        self.lipschitz_ratios.append(ratio.cpu())
-
-    # ---- "directional": the MLP's gain along each unit's own change, on a few tokens ----------------
-    #   gain_g = sum_t ||delta_tg + F(h_t) - F(h_t - delta_tg)|| / sum_t ||delta_tg||  (the measured
-    #   block-output change of removing unit g over its residual change; delta centred on the batch
-    #   mean for "std", i.e. with the mean put back as compensation does)
-    def pick_gain_tokens(self, z_units: torch.Tensor) -> None:
-        wanted = self.options["lipschitz_tokens"] - self.gain_tokens
-        if not self.directional or wanted <= 0:
-            self.probe_tokens = None
-            return
-        picked = torch.randperm(z_units.shape[1], generator=self.generator)[:wanted].to(z_units.device)
-        centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
-        self.probe_tokens, self.probe_z = picked, z_units[:, picked] - centre  # [units, k, unit_width]
-
-    def measure_gains(self, h: torch.Tensor) -> None:
-        h = h[self.probe_tokens]  # [k, hidden]
-        w_units = self.unit_inputs(weight(self.parts.o_proj).to(h.device))  # [units, hidden, unit_width]
-        delta = self.probe_z @ w_units.transpose(1, 2)  # [units, k, hidden]
-        probe = torch.cat([h[None], (h.float()[None] - delta).to(h.dtype)])  # [1 + units, k, hidden]
-        with self.silenced():
-            f = self.parts.mlp(self.parts.post_norm(probe)).float()
-        change = delta + f[:1] - f[1:]  # Delta y_tg = y_t - y_t(without g)  [units, k, hidden]
-        self.gain_sums += torch.stack([change.norm(dim=-1).sum(1), delta.norm(dim=-1).sum(1)]).cpu()
-        self.gain_tokens += h.shape[0]
-        self.probe_tokens = self.probe_z = None
+        h = h[self.pick(h.shape[0], wanted, h.device)]  # [k, hidden]
+        e = random_directions(h, self.options["lipschitz_eps"], self.generator)
+        self.lipschitz_ratios.append(lipschitz_ratios(self.mlp, h, e).cpu())
 
     def unit_gains(self) -> torch.Tensor:  # [units]
         return self.gain_sums[0] / self.gain_sums[1].clamp_min(1e-30)
