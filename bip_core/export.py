@@ -237,8 +237,10 @@ def export_model(model, tokenizer, plan: Plan, folder, provenance: dict | None =
 
 # ----------------------------------------------------------------------------------- load
 
-def load_export(folder, dtype=torch.float32, device_map=None, verify: bool = True):
-    """Load an export (checked against its manifest) with the project's copy of its modeling code."""
+def load_export(folder, dtype=torch.float32, device_map=None, verify: bool = True, max_memory=None,
+                offload_folder=None):
+    """Load an export (checked against its manifest) with the project's copy of its modeling code;
+    device_map / max_memory / offload_folder as transformers' from_pretrained takes them."""
     from .loading import LoadedModel, _load_tokenizer
 
     folder = Path(folder).expanduser()
@@ -250,8 +252,8 @@ def load_export(folder, dtype=torch.float32, device_map=None, verify: bool = Tru
     try:
         config = AutoConfig.from_pretrained(folder)
         family = family_of(config)
-        model = PRUNED_CLASSES[family].from_pretrained(folder, config=config, dtype=dtype,
-                                                       device_map=device_map)
+        model = PRUNED_CLASSES[family].from_pretrained(folder, config=config, dtype=dtype, device_map=device_map,
+                                                       max_memory=max_memory, offload_folder=offload_folder)
         tokenizer = _load_tokenizer(folder)
     except ExportError:
         raise

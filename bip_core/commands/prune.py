@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_argument, print_json
+from .common import add_device_arguments, add_model_argument, load_kwargs, print_json
 from .plan import add_plan_arguments, plan_from_args
 
 
 def add_arguments(parser) -> None:
     add_model_argument(parser, default=None)
+    add_device_arguments(parser)
     parser.add_argument("--scores", default=None,
                         help="scores JSON (needed to make a plan, and for --bias-compensation)")
     parser.add_argument("--plan", default=None, help="a plan JSON from `python -m bip_core plan`")
@@ -40,7 +41,7 @@ def run(args) -> int:
     scores = Scores.load(args.scores) if args.scores else None
     plan = Plan.load(args.plan) if args.plan else None
     named = scores.meta.get("model") if scores else (plan.meta.get("calibration") or {}).get("model")
-    loaded = load_model(args.model or named or "default", trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model or named or "default", **load_kwargs(args))
     seconds["load"] = time.perf_counter() - start
 
     t = time.perf_counter()
