@@ -195,7 +195,13 @@ def _source(kind: str, folder: Path, config, options: LoadOptions):
     if kind == "random":
         skeleton = empty_model(config, options.dtype)
         return RandomWeights(config, 0, options.dtype, skeleton=skeleton), size_of_model(skeleton), skeleton
-    weights = open_weights(folder)
+    try:
+        weights = open_weights(folder)
+    except ModelSpecError:
+        raise
+    except Exception as err:  # a truncated or corrupt safetensors header
+        raise ModelSpecError(f"Could not load the weights in {folder}: unreadable safetensors "
+                             f"({type(err).__name__}: {err}). Save the model again.") from err
     return weights, size_of_weights(weights), None
 
 

@@ -36,6 +36,7 @@ def empty_model(config, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         else:
             model = cls._from_config(config, dtype=dtype)
+    model.tie_weights()  # init_empty_weights re-registers parameters and loses the tie
     return model.eval()
 
 
