@@ -285,3 +285,20 @@ def test_cli_memory_guard_refuses_with_exit_code_2(saved_tiny, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--dtype bfloat16" in lines[0] and "--pipeline layerwise" in lines[0]
+
+
+def test_gpu_branches_read_gpu_memory_and_place_on_the_gpu(monkeypatch):
+    from bip_core.loading import LoadOptions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * 2**30, 80 * 2**30))
+    assert memory_guard.free_bytes(torch.device("cuda", 0)) == 3 * 2**30
+    size = ModelSize(layer_params=(10**8,) * 10, other_params=10**8)  # 1.1e9 params: 2.2 GB in bfloat16
+    with pytest.raises(ModelTooLargeError, match="cuda:0 has 3.0 GiB free"):
+        memory_guard.choose_pipeline(size, torch.bfloat16, torch.device("cuda", 0), "whole")
+    assert memory_guard.choose_pipeline(size, torch.bfloat16, torch.device("cuda", 0)) == "layerwise"
+    options = LoadOptions(torch.device("cuda", 1), torch.bfloat16)
+    assert options.placement() == {"device_map": "cuda:1"}
+    spread = LoadOptions(torch.device("cuda", 0), torch.bfloat16, {0: 2**30, "cpu": 2**32}, "/tmp/off")
+    assert spread.placement() == {"device_map": "auto", "max_memory": {0: 2**30, "cpu": 2**32},
+                                  "offload_folder": "/tmp/off"}
