@@ -302,3 +302,21 @@ def test_gpu_branches_read_gpu_memory_and_place_on_the_gpu(monkeypatch):
     spread = LoadOptions(torch.device("cuda", 0), torch.bfloat16, {0: 2**30, "cpu": 2**32}, "/tmp/off")
     assert spread.placement() == {"device_map": "auto", "max_memory": {0: 2**30, "cpu": 2**32},
                                   "offload_folder": "/tmp/off"}
+
+
+def test_an_export_evaluates_through_disk_offload_with_the_same_perplexity(saved_tiny, tmp_path, text_source):
+    from bip_core.export import export_model
+    from bip_core.perplexity import perplexity
+    from bip_core.plan import make_plan
+    from bip_core.scoring import score
+    from bip_core.surgery import prune_model
+
+    dense = load_model(str(saved_tiny))
+    plan = make_plan(score(dense.model, dense.tokenizer, method="magnitude"), dense.model, ratio=0.3)
+    export_model(prune_model(dense.model, plan), dense.tokenizer, plan, tmp_path / "export")
+    whole = load_model(str(tmp_path / "export"))
+    offloaded = load_model(str(tmp_path / "export"), max_memory="cpu=3MB", offload_folder=tmp_path / "off")
+    assert "disk" in set(offloaded.model.hf_device_map.values()) and offloaded.pipeline == "whole"
+    ppl = [perplexity(m.model, m.tokenizer, text_source, "test", seq_len=16, windows=2)["ppl"]
+           for m in (whole, offloaded)]
+    assert ppl[0] == pytest.approx(ppl[1], rel=1e-5)
