@@ -22,7 +22,8 @@ DTYPE_CHOICES = ("auto", *DTYPES)
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*$", re.IGNORECASE)
-_MEMORY_EXAMPLE = "e.g. --max-memory cpu=8GiB,cuda:0=20GiB (devices: cpu, disk, mps, cuda, cuda:N; units B, MB, GB, MiB, GiB)"
+_MEMORY_EXAMPLE = ("e.g. --max-memory cpu=8GiB,cuda:0=20GiB (devices: cpu, disk, mps, cuda, cuda:N; "
+                   "units B, MB, GB, MiB, GiB)")
 
 
 def _cuda_index(text: str) -> int:

@@ -8,6 +8,13 @@ Specs:
   org/name           a Hugging Face Hub id, when the Hub is reachable (fails fast offline)
 
 `trust_remote_code` stays off unless the caller turns it on explicitly.
+
+Where and how (docs/CONTRACTS.md, "Scale"): `device` / `dtype` ("auto" by default: CUDA and bfloat16
+when a GPU supports it), `max_memory` / `offload_folder` (accelerate spreads the model), and
+`pipeline`: "whole" (in memory), "layerwise" (a meta skeleton whose tensors `.weights` gives one at a
+time) or "auto" (whole when the memory guard, bip_core.memory_guard, says it fits). Nothing is loaded
+before the guard has compared the weights' bytes (safetensors headers or a meta skeleton) with what
+is free, so a model too large ends in a ModelTooLargeError, not an out-of-memory kill.
 """
 from __future__ import annotations
 
@@ -325,6 +332,5 @@ def load_model(spec: str = "default", dtype="auto", device="auto", max_memory=No
     return loaded
 
 
-__all__ = ["LoadedModel", "LoadOptions", "load_model", "load_options", "inspect_folder", "skeleton_model", "whole_model",
-           "resolve_folder",
-           "random_model", "DEFAULT_NAME"]
+__all__ = ["LoadedModel", "LoadOptions", "FolderModel", "load_model", "load_options", "inspect_folder",
+           "skeleton_model", "whole_model", "resolve_folder", "random_model", "DEFAULT_NAME"]

@@ -69,6 +69,12 @@ def _budget(max_memory: dict, offload_folder) -> int:
     return total
 
 
+def _visible_memory() -> dict:
+    """What accelerate may fill when no --max-memory is given: every visible GPU and the RAM."""
+    gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
+    return {**{index: free_bytes(index) for index in gpus}, "cpu": available_ram()}
+
+
 @dataclass(frozen=True)
 class Fit:
     """Whether `need` bytes fit in `free` bytes of `where`."""
@@ -89,7 +95,7 @@ def whole_fit(size: ModelSize, dtype, device, max_memory=None, offload_folder=No
     """Does the whole model fit, on `device` or spread by accelerate within `max_memory` / offload?"""
     weights = size.bytes(dtype)
     if max_memory or offload_folder:
-        spread = dict(max_memory or {"cpu": available_ram()})
+        spread = dict(max_memory or _visible_memory())
         return Fit(weights, _budget(spread, offload_folder), "--max-memory" + (" + offload" if offload_folder else ""))
     return Fit(required_bytes(weights), free_bytes(device), str(device))
 
