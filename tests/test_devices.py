@@ -320,3 +320,8 @@ def test_an_export_evaluates_through_disk_offload_with_the_same_perplexity(saved
     ppl = [perplexity(m.model, m.tokenizer, text_source, "test", seq_len=16, windows=2)["ppl"]
            for m in (whole, offloaded)]
     assert ppl[0] == pytest.approx(ppl[1], rel=1e-5)
+    from bip_core.describe import describe
+
+    info = describe(str(tmp_path / "export"))  # a pruned skeleton: per-layer shapes from the export's config
+    assert info["kind"] == "export" and info["params"] == count_params(whole.model)["total"]
+    assert info["intermediate"] == whole.info()["intermediate"]
