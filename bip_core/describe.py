@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from .default_model import PROVENANCE
 from .errors import ModelTooLargeError
-from .loading import inspect_folder, load_options, resolve_folder, skeleton_model
+from .loading import inspect_folder, load_options, pipeline_for, resolve_folder, skeleton_model
 
 
 def _decision(found, options) -> dict:
-    from .loading import _pipeline
-
     try:
-        return {"pipeline": _pipeline(found.kind, found.size, options), "refusal": None}
+        return {"pipeline": pipeline_for(found.kind, found.size, options), "refusal": None}
     except ModelTooLargeError as err:
         return {"pipeline": None, "refusal": str(err)}
 

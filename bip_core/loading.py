@@ -212,7 +212,8 @@ def _source(kind: str, folder: Path, config, options: LoadOptions):
     return weights, size_of_weights(weights), None
 
 
-def _pipeline(kind: str, size, options: LoadOptions) -> str:
+def pipeline_for(kind: str, size, options: LoadOptions) -> str:
+    """The pipeline a load takes ("whole" or "layerwise"); ModelTooLargeError when neither fits."""
     from .memory_guard import choose_pipeline
 
     if options.device_map is not None:
@@ -326,11 +327,11 @@ def load_model(spec: str = "default", dtype="auto", device="auto", max_memory=No
     options = load_options(dtype, device, max_memory, offload_folder, pipeline, device_map,
                            trust_remote_code and spec.strip() != "default")
     found = inspect_folder(resolve_folder(spec), options)
-    loaded = BUILD[_pipeline(found.kind, found.size, options)](found, spec.strip(), options)
+    loaded = BUILD[pipeline_for(found.kind, found.size, options)](found, spec.strip(), options)
     if spec.strip() == "default":
         loaded.note = "; ".join(filter(None, [PROVENANCE, loaded.note if loaded.pipeline == "layerwise" else ""]))
     return loaded
 
 
 __all__ = ["LoadedModel", "LoadOptions", "FolderModel", "load_model", "load_options", "inspect_folder",
-           "skeleton_model", "whole_model", "resolve_folder", "random_model", "DEFAULT_NAME"]
+           "skeleton_model", "whole_model", "pipeline_for", "resolve_folder", "random_model", "DEFAULT_NAME"]

@@ -325,3 +325,16 @@ def test_an_export_evaluates_through_disk_offload_with_the_same_perplexity(saved
     info = describe(str(tmp_path / "export"))  # a pruned skeleton: per-layer shapes from the export's config
     assert info["kind"] == "export" and info["params"] == count_params(whole.model)["total"]
     assert info["intermediate"] == whole.info()["intermediate"]
+
+
+def test_an_allocator_out_of_memory_is_one_line_too(monkeypatch, capsys):
+    from bip_core import cli
+    from bip_core.commands import info
+
+    def boom(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(info, "run", boom)
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory") and "--pipeline layerwise" in err and "\n" not in err
