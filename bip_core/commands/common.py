@@ -51,8 +51,13 @@ def scale_kwargs(loaded, score_fn) -> dict:
     (docs/CONTRACTS.md, "Scale"); a score() that does not take them yet gets none."""
     import inspect
 
+    from ..errors import ModelTooLargeError
+
     wanted = {"weights": loaded.weights, "device": loaded.device, "pipeline": loaded.pipeline}
     accepted = inspect.signature(score_fn).parameters
+    if "pipeline" not in accepted and loaded.pipeline == "layerwise":
+        raise ModelTooLargeError("The model does not fit whole and this build scores whole models only: use "
+                                 "--dtype bfloat16 or --max-memory with --offload-folder.")
     return {key: value for key, value in wanted.items() if key in accepted}
 
 

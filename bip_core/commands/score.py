@@ -57,6 +57,7 @@ def run(args) -> int:
 
     options = _options(args)
     loaded = load_model(args.model, **load_kwargs(args))
+    scale = scale_kwargs(loaded, score)  # weights / device / pipeline for the layer-wise score()
     bar = None if args.quiet else tqdm(total=0, file=sys.stderr, unit="layer", desc=args.method)
 
     def progress(done, total, desc):
@@ -68,7 +69,7 @@ def run(args) -> int:
         scores = score(loaded.model, loaded.tokenizer, method=args.method, source=args.data, samples=args.samples,
                        seq_len=args.seq_len, seed=args.seed, unit=args.unit, batch_size=args.batch_size,
                        progress=None if bar is None else progress, model_name=args.model,
-                       **scale_kwargs(loaded, score), **options)
+                       **scale, **options)
     finally:
         if bar is not None:
             bar.close()
