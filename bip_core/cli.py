@@ -1,7 +1,8 @@
 """`python -m bip_core <command>`: one subcommand per module in bip_core/commands/.
 
 Each command module has `add_arguments(parser)` and `run(args) -> int`. Errors raised on purpose
-(BipError) are printed as one readable line and exit with status 2.
+(BipError, e.g. ModelTooLargeError from the memory guard) are printed as one readable line and exit
+with status 2; so is an allocator's out-of-memory error, should the guard's estimate be beaten.
 """
 from __future__ import annotations
 
@@ -54,3 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # bad arguments caught by library checks
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # the memory guard's estimate was beaten: still one line, no traceback
+        if not _out_of_memory(err):
+            raise
+        print(f"error: out of memory ({type(err).__name__}). {OUT_OF_MEMORY_HINT}", file=sys.stderr)
+        return 2
+
+
+OUT_OF_MEMORY_HINT = ("Ways out: --dtype bfloat16, --pipeline layerwise (score, prune), fewer --samples or a "
+                      "smaller --batch-size, or --max-memory with --offload-folder.")
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """MemoryError, or torch's OutOfMemoryError (a RuntimeError), without importing torch here."""
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"

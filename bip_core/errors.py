@@ -31,3 +31,11 @@ class ExportError(BipError):
 
 class ScoresError(BipError):
     """Scores are malformed, from another model, or cannot be computed as asked (method, unit, tokens)."""
+
+
+class DeviceError(BipError):
+    """A device, dtype or memory budget is malformed or not available on this machine."""
+
+
+class ModelTooLargeError(BipError):
+    """The model does not fit in the memory it may use; the message names the ways out."""

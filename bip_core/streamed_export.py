@@ -21,14 +21,9 @@ from .errors import ExportError
 from .export import GENERATION_CONFIG_FILE, MAX_SHARD_BYTES, write_export
 from .modeling_bip_pruned import PRUNED_CLASSES
 from .plan import Plan
+from .skeleton import empty_model
 from .surgery import compensated, compensation_bias, compensation_inputs, kept_indices, pruned_tensor, \
     record_pruned_shapes
-
-
-def meta_model(config) -> torch.nn.Module:
-    """The model `config` describes (bip_layer_shapes included), with every tensor on the meta device."""
-    with torch.device("meta"):
-        return PRUNED_CLASSES[family_of(config)](config).eval()
 
 
 class PrunedWeights:
@@ -105,7 +100,7 @@ def pruned_skeleton(config, plan: Plan, weights, bias_compensation: bool) -> tor
                                      or bool(bias_compensation and compensated(plan, i, name)))
     pruned_config = copy.deepcopy(config)
     record_pruned_shapes(pruned_config, shapes, bias_compensation)
-    return meta_model(pruned_config)
+    return empty_model(pruned_config)
 
 
 def _generation_config(weights, skeleton):
@@ -125,7 +120,7 @@ def prune_and_export(weights, config, tokenizer, plan: Plan, folder, bias_compen
     """Prune the model whose tensors `weights` holds (FolderWeights or ModuleWeights; `config` its
     transformers config) with `plan` and export it to `folder`, atomically, one tensor at a time.
     Same folder as export_model(prune_model(...)); `dtype` casts floating tensors (None keeps each one's)."""
-    base = meta_model(config)
+    base = empty_model(config)
     plan.check_matches(base)
     _check_weights(weights, base)
     means = compensation_inputs(plan, scores) if bias_compensation else None
@@ -135,4 +130,4 @@ def prune_and_export(weights, config, tokenizer, plan: Plan, folder, bias_compen
                         _generation_config(weights, skeleton))
 
 
-__all__ = ["prune_and_export", "PrunedWeights", "pruned_skeleton", "meta_model"]
+__all__ = ["prune_and_export", "PrunedWeights", "pruned_skeleton"]

@@ -86,11 +86,12 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
           seq_len: int = 128, seed: int = 0, ppl_source: str = "wiki-bb", ppl_split: str | None = None,
           windows: int | None = None, ppl_seq_len: int = 128, batch_size: int = 8, bias_compensation="auto",
           dense: bool = True, model_name: str | None = None, out=None, progress=None,
-          extra_metrics=None) -> pd.DataFrame:
+          extra_metrics=None, score_options: dict | None = None) -> pd.DataFrame:
     """Run the sweep (see module docstring) and return its table; with `out`, also write CSV + HTML chart.
 
     extra_metrics(model) -> dict, when given, is called on every evaluated model (the dense one first)
-    and its entries become extra columns (e.g. zero-shot accuracy, speed-ups)."""
+    and its entries become extra columns (e.g. zero-shot accuracy, speed-ups). score_options go to every
+    `score()` call as they are (e.g. weights / device / pipeline of the layer-wise contract)."""
     from .architecture import count_params
     from .plan import make_plan
     from .scoring import score
@@ -143,7 +144,7 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
     for spec in methods:
         method, options = parse_method(spec)
         scores = score(model, tokenizer, method=method, source=data, samples=samples, seq_len=seq_len, seed=seed,
-                       batch_size=batch_size, model_name=model_name, **options)
+                       batch_size=batch_size, model_name=model_name, **(score_options or {}), **options)
         tick(f"scored {spec}")
         compensate = _use_compensation(bias_compensation, scores)
         common = {"method": spec, "score_seconds": scores.meta.get("seconds"), "unit": scores.meta.get("unit"),

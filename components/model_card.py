@@ -42,6 +42,9 @@ def card_html(info: dict | None) -> str:
         _tile("attention + MLP", f"{format_params(info['params_attention_mlp'])} ({share:.0%})",
               "the prunable part: attention and MLP weights of all layers"),
     ]
+    if info.get("device"):  # serving settings BIP_DEVICE / BIP_DTYPE, as resolved on this machine
+        tiles += [_tile("device", info["device"], "where the model computes (BIP_DEVICE)"),
+                  _tile("dtype", info.get("dtype"), "the weights' dtype (BIP_DTYPE)")]
     note = "" if info.get("spec") == "default" else (info.get("note") or "")  # the default's note is beside
     spec = str(info.get("spec"))
     name = DEFAULT_NAME if spec == "default" else Path(spec.rstrip("/")).name or spec

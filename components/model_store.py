@@ -105,7 +105,8 @@ class ModelStore:
             return self._loader(spec)
         from bip_core.loading import load_model
 
-        return load_model(spec)
+        # the app chats and evaluates: the whole model, or the memory guard's readable refusal
+        return load_model(spec, device=self.settings.device, dtype=self.settings.dtype, pipeline="whole")
 
     def loaded_specs(self) -> list[str]:
         with self._lock:

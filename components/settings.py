@@ -7,6 +7,9 @@
   BIP_SESSION_TTL     seconds an idle session keeps its models before they are freed (default 7200)
   BIP_MAX_SAMPLES     upper bound of calibration samples offered in the UI (default 256)
   BIP_MAX_WINDOWS     upper bound of perplexity windows offered in the UI (default 512)
+  BIP_DEVICE          where models compute: auto (CUDA when available, default), cpu, cuda, cuda:N
+  BIP_DTYPE           weights' dtype: auto (bfloat16 on a GPU that supports it, else float32, default),
+                      float32, bfloat16, float16
   BIP_HOST, BIP_PORT  where `python app.py` serves (default 127.0.0.1:7860, or GRADIO_SERVER_NAME /
                       GRADIO_SERVER_PORT, which a Hugging Face Space sets to 0.0.0.0:7860)
 """
@@ -51,6 +54,8 @@ class Settings:
     max_windows: int
     host: str
     port: int
+    device: str = "auto"
+    dtype: str = "auto"
 
     @property
     def public(self) -> bool:
@@ -58,7 +63,18 @@ class Settings:
         return self.allowed_models is not None
 
 
+def _device_and_dtype() -> tuple[str, str]:
+    """BIP_DEVICE / BIP_DTYPE, checked now so a bad value stops the server at start with a clear message."""
+    from bip_core.devices import resolve_device, resolve_dtype
+
+    device = os.environ.get("BIP_DEVICE", "").strip() or "auto"
+    dtype = os.environ.get("BIP_DTYPE", "").strip() or "auto"
+    resolve_dtype(dtype, resolve_device(device))
+    return device, dtype
+
+
 def from_env() -> Settings:
+    device, dtype = _device_and_dtype()
     allowed = os.environ.get("BIP_ALLOWED_MODELS", "").strip()
     models = tuple(m.strip() for m in allowed.split(",") if m.strip()) if allowed else None
     return Settings(
@@ -70,4 +86,6 @@ def from_env() -> Settings:
         max_windows=_int("BIP_MAX_WINDOWS", 512),
         host=os.environ.get("BIP_HOST") or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1",
         port=_int("BIP_PORT", _int("GRADIO_SERVER_PORT", 7860)),
+        device=device,
+        dtype=dtype,
     )

@@ -8,6 +8,9 @@ import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A CPU suite: exact float32 comparisons against CPU tensors. load_model's device="auto" would pick a GPU
+# (and bfloat16) where there is one, so GPUs stay hidden unless CUDA_VISIBLE_DEVICES is set explicitly.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from bip_core.loading import load_model, random_model  # noqa: E402

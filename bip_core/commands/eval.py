@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import add_model_argument, print_json
+from .common import WHOLE_ONLY, add_device_arguments, add_model_argument, load_kwargs, print_json
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
     from ..data import describe_sources
 
     add_model_argument(parser)
+    add_device_arguments(parser, WHOLE_ONLY)
     parser.add_argument("--ppl", default="wiki-bb", metavar="SOURCE",
                         help=f"perplexity text: {', '.join(describe_sources())}, or 'none' (default wiki-bb)")
     parser.add_argument("--split", default=None,
@@ -85,7 +86,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, **load_kwargs(args))
     report = {"model": loaded.info(), "load_seconds": round(time.perf_counter() - start, 2)}
     if args.ppl and args.ppl.lower() != "none":
         report["perplexity"] = perplexity(loaded.model, loaded.tokenizer, args.ppl, args.split, seq_len=args.seq_len,

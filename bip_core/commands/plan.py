@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_model_argument, print_json
+from .common import add_device_arguments, add_model_argument, load_kwargs, print_json
 
 
 def add_plan_arguments(parser, required: bool = True) -> None:
@@ -54,6 +54,7 @@ def model_spec(args, scores) -> str:
 
 def add_arguments(parser) -> None:
     add_model_argument(parser, default=None)
+    add_device_arguments(parser)
     parser.add_argument("--scores", required=True, help="scores JSON from `python -m bip_core score`")
     add_plan_arguments(parser, required=False)
     parser.add_argument("--out", required=True, help="where to write the plan JSON")
@@ -67,7 +68,7 @@ def run(args) -> int:
     scores = Scores.load(args.scores)
     if args.ratio is None and args.allocation != "manual":
         raise PlanError("--ratio is required (except for --allocation manual with --layer-ratios).")
-    loaded = load_model(model_spec(args, scores), trust_remote_code=args.trust_remote_code)
+    loaded = load_model(model_spec(args, scores), **load_kwargs(args))
     plan = plan_from_args(args, scores, loaded.model)
     path = plan.save(args.out)
     print_json({"out": str(path), **plan.summary(loaded.model)})

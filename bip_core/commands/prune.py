@@ -15,14 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import add_model_argument, print_json
+from .common import add_device_arguments, add_model_argument, load_kwargs, print_json
 from .plan import add_plan_arguments, plan_from_args
-
-LOAD_OPTIONS = ("pipeline", "device", "dtype")  # shared model arguments, where the CLI has them
-
 
 def add_arguments(parser) -> None:
     add_model_argument(parser, default=None)
+    add_device_arguments(parser)
     parser.add_argument("--scores", default=None,
                         help="scores JSON (needed to make a plan, and for --bias-compensation)")
     parser.add_argument("--plan", default=None, help="a plan JSON from `python -m bip_core plan`")
@@ -46,32 +44,15 @@ class Base:
     weights: object | None = None
 
 
-def _streamed_base(spec: str, trust_remote_code: bool) -> Base:
-    """A model folder's config, tokenizer and safetensors, without loading its weights."""
-    from transformers import AutoConfig
-
-    from ..default_model import ensure_default_model
-    from ..errors import ModelSpecError
-    from ..loading import load_tokenizer
-    from ..streamed_export import meta_model
-    from ..weights import open_weights
-
-    folder = ensure_default_model() if spec == "default" else Path(spec).expanduser()
-    if not (folder.is_dir() and (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))):
-        raise ModelSpecError(f"--streamed reads the safetensors of a local model folder; '{spec}' is not one. "
-                             "Give --model FOLDER (config.json + *.safetensors), or drop --streamed.")
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    return Base(meta_model(config), load_tokenizer(folder), spec, open_weights(folder))
-
-
 def _base(args, spec: str) -> Base:
+    """The model whole, or (streamed, or too big to hold) a meta skeleton whose weights stay on disk."""
     from ..loading import load_model
 
+    options = load_kwargs(args)
     if args.streamed:
-        return _streamed_base(spec, args.trust_remote_code)
-    options = {name: getattr(args, name) for name in LOAD_OPTIONS if getattr(args, name, None) is not None}
-    loaded = load_model(spec, trust_remote_code=args.trust_remote_code, **options)
-    layerwise = getattr(loaded, "pipeline", "whole") == "layerwise"  # too big to hold: its weights stay on disk
+        options["pipeline"] = "layerwise"
+    loaded = load_model(spec, **options)
+    layerwise = loaded.pipeline == "layerwise"
     return Base(loaded.model, loaded.tokenizer, loaded.spec, loaded.weights if layerwise else None)
 
 

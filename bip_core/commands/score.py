@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_argument, print_json
+from .common import add_device_arguments, add_model_argument, load_kwargs, print_json, score_kwargs
 
 
 def add_arguments(parser) -> None:
@@ -13,6 +13,7 @@ def add_arguments(parser) -> None:
     from ..scoring import METHODS, METRICS
 
     add_model_argument(parser)
+    add_device_arguments(parser)
     parser.add_argument("--method", default="bip", help=f"one of {', '.join(METHODS)} (default bip)")
     parser.add_argument("--data", default="wiki-bb", help=f"calibration text: {', '.join(describe_sources())}")
     parser.add_argument("--samples", type=int, default=64, help="calibration windows (default 64)")
@@ -50,7 +51,8 @@ def run(args) -> int:
     from ..scoring import score
 
     options = _options(args)
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, **load_kwargs(args))
+    scale = score_kwargs(loaded)  # weights / device / pipeline for the layer-wise score()
     bar = None if args.quiet else tqdm(total=0, file=sys.stderr, unit="layer", desc=args.method)
 
     def progress(done, total, desc):
@@ -61,7 +63,8 @@ def run(args) -> int:
     try:
         scores = score(loaded.model, loaded.tokenizer, method=args.method, source=args.data, samples=args.samples,
                        seq_len=args.seq_len, seed=args.seed, unit=args.unit, batch_size=args.batch_size,
-                       progress=None if bar is None else progress, model_name=args.model, **options)
+                       progress=None if bar is None else progress, model_name=args.model,
+                       **scale, **options)
     finally:
         if bar is not None:
             bar.close()

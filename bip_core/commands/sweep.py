@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_model_argument, print_json
+from .common import (WHOLE_ONLY, add_device_arguments, add_model_argument, load_kwargs, print_json,
+                     score_kwargs)
 
 
 def _floats(text: str) -> list[float]:
@@ -26,6 +27,7 @@ def add_arguments(parser) -> None:
     from ..data import describe_sources
 
     add_model_argument(parser)
+    add_device_arguments(parser, WHOLE_ONLY)
     parser.add_argument("--methods", type=_names, default=["bip"],
                         help="comma-separated scoring methods, each optionally with options: "
                              "bip,bip:aggregation=rms,flap,wanda-sp,magnitude,random (default bip)")
@@ -54,11 +56,12 @@ def run(args) -> int:
     import torch
 
     from ..loading import load_model
+    from ..scoring import score
     from ..sweep import sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, **load_kwargs(args))
 
     def progress(done, total, desc):
         print(f"[{done}/{total}] {desc}", file=sys.stderr, flush=True)
@@ -68,6 +71,7 @@ def run(args) -> int:
                   seed=args.seed, ppl_source=args.ppl, ppl_split=args.split, windows=args.windows,
                   ppl_seq_len=args.ppl_seq_len, batch_size=args.batch_size, bias_compensation=args.bias_compensation,
                   dense=not args.no_dense, model_name=args.model, out=args.out,
+                  score_options=score_kwargs(loaded),
                   progress=None if args.quiet else progress)
     out = Path(args.out)
     shown = table[["method", "allocation", "ratio", "ppl", "params", "score_seconds", "error"]]
