@@ -14,7 +14,7 @@ pipeline and the per-layer loops of FLAP and Wanda work this way:
    decoder there.
 2. For each layer: onload a copy of it (`weights.get` onto `device` in `dtype`), run every batch
    through it with the metric's taps (bip_core.calibration's TapGroup and LayerStats, exactly as the
-   one-pass driver does), finish the layer's statistics, call `after_layer(i, layer)`, keep the
+   one-pass driver does), finish the layer's statistics, call `after_layer(i, layer, entry)`, keep the
    layer's outputs as the next layer's inputs (on `device`, in `dtype`), and drop the copy.
 
 When `after_layer` is None the calibration pass also yields the outputs; otherwise they are computed
@@ -35,7 +35,7 @@ from .architecture import decoder_layers
 from .calibration import LayerStats, Progress, ProgressCounter, TapGroup, first_output
 from .errors import ScoresError
 
-AfterLayer = Callable[[int, nn.Module], None]
+AfterLayer = Callable[[int, nn.Module, dict], None]  # (layer index, onloaded layer, its finished entry)
 
 
 @dataclass
@@ -172,7 +172,7 @@ def run_layerwise(model, weights, input_ids: torch.Tensor | None, stats: list[La
                              after_batch=lambda b: counter.step(f"layer {i + 1}/{len(layers)}, batch {b + 1}/{len(batches)}"))
         entries.append(stats[i].finish())
         if after_layer is not None:
-            after_layer(i, layer)
+            after_layer(i, layer, entries[-1])
             if inputs is not None:
                 _run_layer(layer, inputs, keep_outputs=True)
         stats[i].bind(skeleton_layer)  # let go of the onloaded copy

@@ -115,8 +115,10 @@ def pruned_tensor(tensor: torch.Tensor | None, param: str, dim: int, index: torc
     return compensation.clone() if bias is None else bias + compensation
 
 
-def _sliced_weights(model, plan: Plan, i: int, compensation: dict | None) -> dict[str, torch.Tensor]:
-    """New tensors of layer i's pruned Linear weights and biases, keyed 'q_proj.weight' etc."""
+def _sliced_weights(model, plan: Plan, i: int, compensation: dict | None,
+                    refit: dict | None = None) -> dict[str, torch.Tensor]:
+    """New tensors of layer i's pruned Linear weights and biases, keyed 'q_proj.weight' etc.; `refit`
+    ({"o_proj": (kept columns, bias), ...}, bip_core.sequential) replaces o_proj's / down_proj's."""
     parts = block_parts(model, i)
     out = {}
     for name, (dim, kept) in kept_indices(plan, i).items():
@@ -127,6 +129,11 @@ def _sliced_weights(model, plan: Plan, i: int, compensation: dict | None) -> dic
         bias = pruned_tensor(bias, "bias", dim, index, (compensation or {}).get(name))
         if bias is not None:
             out[f"{name}.bias"] = bias
+    for name, (weight, bias) in (refit or {}).items():
+        like = getattr(parts, name).weight
+        out[f"{name}.weight"] = weight.to(device=like.device, dtype=like.dtype)
+        if bias is not None:
+            out[f"{name}.bias"] = bias.to(device=like.device, dtype=like.dtype)
     return out
 
 
@@ -137,12 +144,14 @@ def _copy_without(model, params) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def prune_model(model, plan: Plan, bias_compensation: bool = False, scores=None) -> nn.Module:
-    """A new, physically smaller model with the units the plan removes sliced out; `model` is untouched."""
+def prune_model(model, plan: Plan, bias_compensation: bool = False, scores=None, refit=None) -> nn.Module:
+    """A new, physically smaller model with the units the plan removes sliced out; `model` is untouched.
+    refit: per layer the refit kept columns and biases of o_proj / down_proj (bip_core.sequential)."""
     plan.check_matches(model)
     n_layers = len(decoder_layers(model))
     compensation = compensation_biases(model, plan, scores) if bias_compensation else [None] * n_layers
-    weights = [_sliced_weights(model, plan, i, compensation[i]) for i in range(n_layers)]
+    refit = refit if refit is not None else [None] * n_layers
+    weights = [_sliced_weights(model, plan, i, compensation[i], refit[i]) for i in range(n_layers)]
     replaced = [p for i in range(n_layers) for name in LINEARS
                 for p in getattr(block_parts(model, i), name).parameters()]
     pruned = _copy_without(model, replaced)
@@ -159,7 +168,7 @@ def prune_model(model, plan: Plan, bias_compensation: bool = False, scores=None)
             if getattr(module, param_name) is None:  # the q/k/v biases of a layer left without attention
                 continue
             setattr(module, param_name, nn.Parameter(tensor.contiguous(), requires_grad=requires_grad))
-    record_pruned_shapes(pruned.config, shapes, bias_compensation)
+    record_pruned_shapes(pruned.config, shapes, bias_compensation or refit[0] is not None)
     return pruned
 
 

@@ -123,14 +123,14 @@ def test_progress_per_layer_per_batch(gqa_tiny, tokenizer):
 
 
 def test_after_layer_changes_what_the_next_layers_see(gqa_tiny, tokenizer):
-    """after_layer(i, layer) may change the layer: layer 0's statistics are the dense ones, later layers
+    """after_layer(i, layer, entry) may change the layer: layer 0's statistics are the dense ones, later layers
     see the outputs of the changed layer, as in a model where the change was made beforehand."""
     from bip_core.data import calibration_windows
     from bip_core.pipeline import run_layerwise
     from bip_core.scoring import bip
     from bip_core.weights import ModuleWeights
 
-    def silence_block(i, layer):  # layer 0 becomes the identity: no attention, no MLP output
+    def silence_block(i, layer, entry):  # layer 0 becomes the identity: no attention, no MLP output
         calls.append(i)
         if i == 0:
             layer.self_attn.o_proj.weight.data.zero_()

@@ -145,11 +145,11 @@ def _placement(model, weights, pipeline: str, device, dtype):
 
 
 def _calibrate(metric, method: str, model, stats, input_ids, pipeline: str, weights, device, dtype,
-               batch_size: int, progress) -> list[dict]:
+               batch_size: int, progress, after_layer=None) -> list[dict]:
     """Run `stats` on the chosen pipeline and return each layer's finished entry."""
     if pipeline == "layerwise":
         return run_layerwise(model, weights, input_ids, stats, batch_size=batch_size, device=device, dtype=dtype,
-                             progress=progress, desc=method)
+                             progress=progress, desc=method, after_layer=after_layer)
     with getattr(metric, "context", lambda _: nullcontext())(model):
         if input_ids is not None:
             run_calibration(model, input_ids, stats, batch_size=batch_size, progress=progress, desc=method,
@@ -165,7 +165,7 @@ def _calibrate(metric, method: str, model, stats, input_ids, pipeline: str, weig
 def score(model, tokenizer, method: str = "bip", source: str = "wiki-bb", samples: int = 64,
           seq_len: int = 128, seed: int = 0, unit: str | None = None, progress=None, *,
           batch_size: int = 8, model_name: str | None = None, weight_source=None, device=None, dtype=None,
-          pipeline: str = "auto", **options) -> Scores:
+          pipeline: str = "auto", after_layer=None, stats_mixin=None, **options) -> Scores:
     """Score every attention unit and MLP channel of `model` (see the module docstring).
 
     pipeline: "whole" (the model runs where it is, in its dtype; device/dtype, if given, must match),
@@ -174,12 +174,19 @@ def score(model, tokenizer, method: str = "bip", source: str = "wiki-bb", sample
     onto `device` (default: the model's input device) in `dtype` (default: the weights' dtype)) or
     "auto" (layerwise for a skeleton or a weight source other than the model, else whole).
     (`weight_source`, not `weights`: magnitude has an option called `weights`.)
+    after_layer(i, layer, entry): called once layer i is scored, with its onloaded copy, which it may
+    change before its outputs feed layer i + 1 (sequential pruning, bip_core.sequential; layer-wise only).
+    stats_mixin: a LayerStats subclass put in front of the method's own (extra statistics in `entry`).
     progress(done, total, desc) is called after each decoder layer of each calibration batch (or
     each layer for weight-only methods). `options` are the method's (`method_options(method)`)."""
     metric = _metric(method)
     method = next(name for name, m in METRICS.items() if m is metric)
     options = _options(method, metric, options)
     unit = _unit(model, unit)
+    if after_layer is not None and pipeline == "auto":
+        pipeline = "layerwise"
+    if after_layer is not None and pipeline != "layerwise":
+        raise ScoresError("after_layer changes layers as they are scored: it needs pipeline='layerwise'.")
     pipeline = _pipeline(model, weight_source, pipeline, metric, method)
     weights, device, dtype = _placement(model, weight_source, pipeline, device, dtype)
     uses_data = metric.PASS != "weights"
@@ -189,9 +196,10 @@ def score(model, tokenizer, method: str = "bip", source: str = "wiki-bb", sample
         input_ids = calibration_windows(tokenizer, source, samples, seq_len, seed)
     started = time.perf_counter()
     with PeakMemory() as memory:
-        stats = [metric.Stats(model, i, unit, options, seed) for i in range(len(model_geometry(model)))]
+        stats_class = metric.Stats if stats_mixin is None else type("Mixed", (stats_mixin, metric.Stats), {})
+        stats = [stats_class(model, i, unit, options, seed) for i in range(len(model_geometry(model)))]
         entries = _calibrate(metric, method, model, stats, input_ids, pipeline, weights, device, dtype,
-                             batch_size, progress)
+                             batch_size, progress, after_layer)
     seconds = time.perf_counter() - started
     meta = {
         "format": FORMAT, "method": method,

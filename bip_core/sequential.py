@@ -1,0 +1,149 @@
+"""Calibrate a layer, compress it, move on: sequential unit choice and compensation fitted layer by layer.
+
+    done = calibrate_and_compress(model, tokenizer, plan, sequential=True, compensation="bias")
+    pruned = prune_model(model, done.plan, bias_compensation=True, scores=done.scores, refit=done.refit)
+
+The plan fixes how many attention units and MLP channels every layer keeps. Then, one decoder layer
+at a time on the layer-wise pipeline (llm-compressor's calibrate_module -> compress_modules; the
+per-layer loop of Wanda-sp's `prune_wanda_sp`):
+
+1. the layer is scored by the plan's method on its inputs, which with `sequential=True` are the
+   outputs of the layers before it *after* they were pruned (with False: of the dense layers);
+2. with `sequential=True` it keeps its own top-scored units and channels, as many as the plan says
+   (with False: the plan's own units and channels);
+3. its compensation is fitted on those same inputs: "bias" puts back the mean of what the removed
+   columns of o_proj / down_proj contributed (FLAP), "refit" refits the kept columns by ridge least
+   squares (bip_core.refit), "none" does neither;
+4. with `sequential=True` the layer is pruned in place (the removed columns zeroed and the kept ones
+   compensated: the same outputs as slicing), so the next layer sees what the pruned model gives.
+
+The result holds the plan with the chosen units (`meta["sequential"]`), the scores measured on
+the way (their mean inputs are the ones the bias was fitted on) and, for "refit", the refit
+columns and biases per layer, which `surgery.prune_model(..., refit=...)` writes into the pruned
+model.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .allocation import top
+from .calibration import LayerStats, RunningMoments, layer_parts
+from .errors import PlanError
+from .plan import Plan
+from .refit import refit_linear
+from .surgery import COMPENSATED, compensation_bias, kept_indices
+
+COMPENSATIONS = ("none", "bias", "refit")
+REFIT_ALPHA = 1e-3  # ridge: alpha x the mean variance of the kept inputs (chosen on the valid split)
+COVARIANCE = {"o_proj": "o_input_covariance", "down_proj": "down_input_covariance"}
+
+
+class InputMoments(LayerStats):
+    """Mixed in front of a method's statistics: the covariance of o_proj's and down_proj's inputs (for refit),
+    handed over in the layer's entry under COVARIANCE's keys and never saved."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.input_moments = {name: RunningMoments(covariance=True) for name in COVARIANCE}
+
+    def on_block(self, taps) -> None:
+        super().on_block(taps)
+        self.input_moments["o_proj"].add(taps.z)
+        self.input_moments["down_proj"].add(taps.m)
+
+    def finish(self) -> dict:
+        out = super().finish()
+        for name, moments in self.input_moments.items():
+            if moments.count:
+                out[COVARIANCE[name]] = moments.variance().double()
+        return out
+
+
+@dataclass
+class Compressed:
+    plan: Plan                       # the kept units and channels (chosen sequentially, or the given ones)
+    scores: object                   # Scores measured on the way (mean inputs for bias compensation)
+    refit: list[dict] | None = None  # per layer {"o_proj": (weight [out, kept], bias), "down_proj": ...}
+
+
+def choose_kept(entry: dict, counts: tuple[int, int]) -> dict:
+    """The layer's top-scored attention units and MLP channels, as many as `counts` = (units, channels)."""
+    return {"attention": top(np.asarray(entry["attention"], dtype=np.float64), counts[0]),
+            "mlp": top(np.asarray(entry["mlp"], dtype=np.float64), counts[1])}
+
+
+def compensate(weight: torch.Tensor, bias: torch.Tensor | None, columns: list[int], entry: dict, name: str,
+               compensation: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(kept columns of `weight`, bias) of o_proj or down_proj after removing the other columns."""
+    mean = entry[COMPENSATED[name]]
+    if compensation == "refit":
+        return refit_linear(weight, bias, torch.as_tensor(mean), entry[COVARIANCE[name]], columns, alpha)
+    kept = weight[:, torch.as_tensor(columns, dtype=torch.long, device=weight.device)]
+    added = compensation_bias(weight, columns, mean) if compensation == "bias" else None
+    if added is None:
+        return kept, bias
+    return kept, added if bias is None else bias + added
+
+
+def mask_in_place(linear: torch.nn.Linear, columns: list[int], kept: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Zero the removed input columns of `linear` and give it the compensated kept columns and bias."""
+    full = torch.zeros_like(linear.weight)
+    full[:, torch.as_tensor(columns, dtype=torch.long, device=full.device)] = kept.to(full)
+    linear.weight.data = full
+    if bias is not None:
+        linear.bias = torch.nn.Parameter(bias.to(full), requires_grad=False)
+
+
+class Compressor:
+    """The after_layer callback: choose, compensate and (sequentially) prune each layer as it is scored."""
+
+    def __init__(self, plan: Plan, sequential: bool, compensation: str, alpha: float):
+        self.plan = Plan(unit=plan.unit, layers=copy.deepcopy(plan.layers), meta=dict(plan.meta))
+        self.counts = list(zip(*plan.kept_counts()))
+        self.sequential, self.compensation, self.alpha = sequential, compensation, alpha
+        self.refit: list[dict] = []
+
+    def __call__(self, i: int, layer: torch.nn.Module, entry: dict) -> None:
+        if self.sequential:
+            self.plan.layers[i] = choose_kept(entry, self.counts[i])
+        parts, kept, fitted = layer_parts(layer), kept_indices(self.plan, i), {}
+        for name in COMPENSATED:
+            linear, columns = getattr(parts, name), kept[name][1]
+            weight, bias = compensate(linear.weight.detach(), None if linear.bias is None else linear.bias.detach(),
+                                      columns, entry, name, self.compensation, self.alpha)
+            fitted[name] = (weight.cpu(), None if bias is None else bias.cpu())
+            if self.sequential:
+                mask_in_place(linear, columns, weight, bias)
+        self.refit.append(fitted)
+        for key in COVARIANCE.values():
+            entry.pop(key, None)  # far too large for a scores file
+
+
+def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = True, compensation: str = "bias",
+                           alpha: float = REFIT_ALPHA, method: str | None = None, progress=None, **score_args):
+    """Score `model` layer by layer with the plan's method (or `method`), choosing (sequential) and
+    compensating each layer on its way (see the module docstring). `score_args` go to `scoring.score`
+    (source, samples, seq_len, seed, weight_source, device, dtype, batch_size, the method's options)."""
+    from .scoring import score
+
+    if compensation not in COMPENSATIONS:
+        raise PlanError(f"Unknown compensation '{compensation}'; choose one of {', '.join(COMPENSATIONS)}.")
+    plan.check_matches(model)
+    method = method or plan.meta.get("method")
+    if method in (None, "taylor", "magnitude", "random") and (sequential or compensation != "none"):
+        raise PlanError(f"Sequential pruning and compensation rescore each layer on its inputs with a forward method "
+                        f"(bip, flap, wanda-sp); this plan's method is {method!r}: pass method='wanda-sp' (or another).")
+    compressor = Compressor(plan, sequential, compensation, alpha)
+    scores = score(model, tokenizer, method, progress=progress, after_layer=compressor,
+                   stats_mixin=InputMoments if compensation == "refit" else None, **score_args)
+    scores.meta.update({"sequential": sequential, "compensation": compensation})
+    compressor.plan.meta.update({"sequential": sequential, "compensation": compensation,
+                                 "refit_alpha": alpha if compensation == "refit" else None})
+    return Compressed(compressor.plan, scores, compressor.refit if compensation == "refit" else None)
+
+
+__all__ = ["calibrate_and_compress", "Compressed", "COMPENSATIONS", "REFIT_ALPHA", "InputMoments", "choose_kept"]
