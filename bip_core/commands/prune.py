@@ -10,6 +10,7 @@ the model folder's safetensors, sliced and written out one at a time, never the 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -26,7 +27,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plan", default=None, help="a plan JSON from `python -m bip_core plan`")
     add_plan_arguments(parser, required=False)
     parser.add_argument("--bias-compensation", action="store_true",
-                        help="FLAP-style: put the mean output of pruned columns back as o_proj/down_proj biases")
+                        help="FLAP-style: put the mean output of pruned columns back as o_proj/down_proj biases "
+                             "(= --compensation bias)")
+    parser.add_argument("--compensation", choices=("none", "bias", "refit"), default=None,
+                        help="none; bias (FLAP's mean); refit (ridge least squares of the kept o_proj/down_proj "
+                             "columns, fitted layer by layer on calibration inputs). Default: none, or bias "
+                             "with --bias-compensation")
+    parser.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
+                        help="choose each layer's units on the outputs of the already-pruned layers before it "
+                             "(the plan fixes the counts), as Wanda-sp's original does. Default: on for wanda-sp, "
+                             "off otherwise")
+    parser.add_argument("--refit-alpha", type=float, default=None,
+                        help="refit's ridge, relative to the kept inputs' mean variance (default 1e-3)")
     parser.add_argument("--streamed", action="store_true",
                         help="prune and export tensor by tensor from the model folder's safetensors, without "
                              "loading the model (for models larger than memory)")
@@ -42,6 +54,8 @@ class Base:
     tokenizer: object
     spec: str
     weights: object | None = None
+    device: object = None
+    dtype: object = None
 
 
 def _base(args, spec: str) -> Base:
@@ -53,27 +67,55 @@ def _base(args, spec: str) -> Base:
         options["pipeline"] = "layerwise"
     loaded = load_model(spec, **options)
     layerwise = loaded.pipeline == "layerwise"
-    return Base(loaded.model, loaded.tokenizer, loaded.spec, loaded.weights if layerwise else None)
+    return Base(loaded.model, loaded.tokenizer, loaded.spec, loaded.weights if layerwise else None, loaded.device,
+                loaded.dtype)
 
 
-def _prune_and_export(args, base: Base, plan, scores, seconds: dict) -> Path:
+def _compressed(args, base: Base, plan, scores):
+    """(plan, scores, refit) after the sequential / refit pass, or as given when neither is asked."""
+    from ..sequential import REFIT_ALPHA, calibrate_and_compress
+
+    compensation = args.compensation or ("bias" if args.bias_compensation else "none")
+    sequential = args.sequential if args.sequential is not None else plan.meta.get("method") == "wanda-sp"
+    if not sequential and compensation != "refit":
+        return plan, scores, None, compensation
+    meta = scores.meta
+    placement = {"weight_source": base.weights, "device": base.device, "dtype": base.dtype,
+                 "pipeline": "layerwise"} if base.weights is not None else {}
+    done = calibrate_and_compress(base.model, base.tokenizer, plan, sequential=sequential, compensation=compensation,
+                                  alpha=args.refit_alpha or REFIT_ALPHA, method=meta.get("method"),
+                                  source=meta.get("source", "wiki-bb"), samples=meta.get("samples") or 64,
+                                  seq_len=meta.get("seq_len") or 128, seed=meta.get("seed", 0), unit=plan.unit,
+                                  **placement, **(meta.get("options") or {}))
+    return done.plan, done.scores, done.refit, compensation
+
+
+def _prune_and_export(args, base: Base, plan, scores, seconds: dict) -> tuple[Path, object]:
+    from ..errors import PlanError
     from ..export import export_model
     from ..streamed_export import prune_and_export
     from ..surgery import prune_model
 
-    provenance = {"base_model": base.spec, "bias_compensation": args.bias_compensation}
+    t = time.perf_counter()
+    plan, scores, refit, compensation = _compressed(args, base, plan, scores)
+    seconds["calibrate"] = time.perf_counter() - t
+    provenance = {"base_model": base.spec, "bias_compensation": compensation == "bias",
+                  "compensation": compensation, "sequential": bool(plan.meta.get("sequential"))}
     t = time.perf_counter()
     if base.weights is not None:
+        if refit is not None:
+            raise PlanError("--compensation refit is not streamed yet: load the model whole (--pipeline whole, "
+                            "--dtype bfloat16 to halve its memory), or use --compensation bias.")
         folder = prune_and_export(base.weights, base.model.config, base.tokenizer, plan, args.out,
-                                  bias_compensation=args.bias_compensation, scores=scores, provenance=provenance)
+                                  bias_compensation=compensation == "bias", scores=scores, provenance=provenance)
         seconds["prune"], seconds["export"] = 0.0, time.perf_counter() - t  # pruned while written
-        return folder
-    pruned = prune_model(base.model, plan, bias_compensation=args.bias_compensation, scores=scores)
+        return folder, plan
+    pruned = prune_model(base.model, plan, bias_compensation=compensation == "bias", scores=scores, refit=refit)
     seconds["prune"] = time.perf_counter() - t
     t = time.perf_counter()
     folder = export_model(pruned, base.tokenizer, plan, args.out, provenance=provenance)
     seconds["export"] = time.perf_counter() - t
-    return folder
+    return folder, plan
 
 
 def run(args) -> int:
@@ -84,8 +126,9 @@ def run(args) -> int:
 
     if (args.plan is None) == (args.ratio is None and args.layer_ratios is None):
         raise PlanError("Give either --plan plan.json or --ratio R (with --allocation), not both and not neither.")
-    if args.scores is None and (args.plan is None or args.bias_compensation):
-        raise PlanError("--scores is needed to make a plan and for --bias-compensation.")
+    if args.scores is None and (args.plan is None or args.bias_compensation or args.compensation not in (None, "none")
+                                or args.sequential):
+        raise PlanError("--scores is needed to make a plan, for compensation and for --sequential.")
     seconds, start = {}, time.perf_counter()
     scores = Scores.load(args.scores) if args.scores else None
     plan = Plan.load(args.plan) if args.plan else None
@@ -97,7 +140,7 @@ def run(args) -> int:
     if plan is None:
         plan = plan_from_args(args, scores, base.model)
     seconds["plan"] = time.perf_counter() - t
-    folder = _prune_and_export(args, base, plan, scores, seconds)
+    folder, plan = _prune_and_export(args, base, plan, scores, seconds)
     seconds["total"] = time.perf_counter() - start
 
     config = json.loads((folder / "config.json").read_text())
@@ -106,7 +149,9 @@ def run(args) -> int:
     print_json({
         "out": str(folder), "streamed": base.weights is not None,
         "method": plan.meta.get("method"), "unit": plan.unit, "allocation": plan.meta.get("allocation"),
-        "ratio": plan.meta.get("ratio"), "bias_compensation": args.bias_compensation,
+        "ratio": plan.meta.get("ratio"),
+        "compensation": args.compensation or ("bias" if args.bias_compensation else "none"),
+        "sequential": bool(plan.meta.get("sequential")),
         "params_before": before["total"], "params_after": after["total"],
         "attention_mlp_before": before["attention_mlp"], "attention_mlp_after": after["attention_mlp"],
         "removed_attention_mlp": summary["removed_attention_mlp"], "removed_total": summary["removed_total"],
