@@ -1,7 +1,7 @@
 """BIP Studio: the Gradio app (also the Hugging Face Space entry point: `python app.py`).
 
-Layout in components/ (one idea per file); the event wiring is components/wiring.py, one function per tab. The UI calls
-bip_core only. Serving settings come from the environment (components/settings.py): BIP_ALLOWED_MODELS,
+Layout in components/ (one idea per file); the event wiring is components/wiring.py, one function per
+tab. The UI calls bip_core only. Serving settings come from the environment (components/settings.py): BIP_ALLOWED_MODELS,
 BIP_MAX_PARAMS, BIP_CONCURRENCY, BIP_SESSION_TTL, BIP_HOST/BIP_PORT.
 """
 import os
@@ -35,10 +35,10 @@ def build(settings: Settings | None = None, store=None) -> gr.Blocks:
     """The whole app. `settings`/`store` default to the environment and a fresh shared-model store."""
     studio = context.init(settings or from_env(), store)
     with gr.Blocks(title="BIP Studio", delete_cache=(1800, 3600)) as demo:
-        session = gr.State(StudioSession, delete_callback=delete_callback)
+        session = gr.State(StudioSession(), delete_callback=delete_callback)
         with gr.Row(elem_id="bip-header"):
             gr.Markdown(texts.INTRO, elem_id="bip-intro")
-        status = gr.HTML(status_bar.render(StudioSession()), elem_id="bip-status-strip")
+        status = gr.HTML(status_bar.render(StudioSession()), label="pipeline", elem_id="bip-status-strip")
         with gr.Tabs(elem_id="bip-tabs") as tabs:
             with gr.Tab("1 · Model", id="model"):
                 m = model_card.build()

@@ -48,10 +48,11 @@ def build():
                                      feedback_options=None)
         with gr.Row(equal_height=True):
             prompt = gr.Textbox(placeholder="Ask both models something, e.g. 'What is the capital of France?'",
-                                show_label=False, scale=6, lines=1, max_lines=4, elem_id="bip-prompt")
+                                label="prompt", show_label=False, scale=6, lines=1, max_lines=4,
+                                elem_id="bip-prompt")
             send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="bip-send")
             clear = gr.Button("Clear", scale=1, min_width=80)
-        chat_info = gr.Markdown("", elem_classes=["bip-small"], elem_id="bip-chat-info")
+        chat_info = gr.Markdown("", label="info", elem_classes=["bip-small"], elem_id="bip-chat-info")
         with gr.Accordion("Generation settings", open=False):
             with gr.Row():
                 max_new = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
@@ -78,13 +79,14 @@ def build():
                         elem_classes=["bip-small"])
             speed_batches = gr.Radio(["1", "1 and 8"], value="1", label="Batch sizes")
             speed_run = gr.Button("Measure speed", variant="primary", elem_id="bip-speed-btn")
-    status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-compare-status")
+    status = gr.Markdown("", label="message", elem_classes=["bip-status"], min_height=56,
+                         elem_id="bip-compare-status")
     table = gr.Dataframe(headers=RESULT_HEADERS, value=[], interactive=False, wrap=True, label="Results",
                          elem_id="bip-results")
     with gr.Row():
-        ppl_plot = gr.Plot(charts.perplexity_chart([]), show_label=False)
-        zs_plot = gr.Plot(charts.zeroshot_chart([]), show_label=False)
-    speed_plot = gr.Plot(charts.speed_chart([]), show_label=False)
+        ppl_plot = gr.Plot(charts.perplexity_chart([]), label="perplexity chart", show_label=False)
+        zs_plot = gr.Plot(charts.zeroshot_chart([]), label="zero-shot chart", show_label=False)
+    speed_plot = gr.Plot(charts.speed_chart([]), label="speed chart", show_label=False)
     with gr.Accordion("How these are measured", open=False):
         gr.Markdown(texts.COMPARE, elem_classes=["bip-teach"])
     return SimpleNamespace(chat_original=chat_original, chat_pruned=chat_pruned, prompt=prompt, send=send,
@@ -143,7 +145,8 @@ def _reporter(progress, what):
 
 @ui_errors
 def run_perplexity(session, source, windows, request: gr.Request, progress=gr.Progress()):
-    """Outputs: status, table, perplexity chart, zero-shot chart, speed chart."""
+    """Perplexity of the original and the pruned model on `windows` windows of 128 tokens of `source`'s test
+    split. Returns: message, results table, perplexity, zero-shot and speed charts."""
     attach(session, request)
     loaded, models = _models(session)
     windows = int(windows)
@@ -167,6 +170,8 @@ def run_perplexity(session, source, windows, request: gr.Request, progress=gr.Pr
 
 @ui_errors
 def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progress()):
+    """Offline zero-shot accuracy of both models on `tasks`, `limit` questions each.
+    Returns: message, results table, perplexity, zero-shot and speed charts."""
     attach(session, request)
     if not tasks:
         raise gr.Error("Pick at least one zero-shot task.", print_exception=False)
@@ -191,7 +196,8 @@ def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progres
 
 @ui_errors
 def run_speed(session, batches, request: gr.Request, progress=gr.Progress()):
-    """Measured prefill/decode throughput of both models now (same machine load), plus size rows."""
+    """Prefill and decode throughput of both models, measured now (`batches`: "1" or "1 and 8"), plus their
+    sizes. Returns: message, results table, perplexity, zero-shot and speed charts."""
     attach(session, request)
     loaded, models = _models(session)
     batch_sizes = (1, 8) if str(batches) == "1 and 8" else (1,)
@@ -252,9 +258,8 @@ def _plain(history) -> list[dict]:
 
 @ui_errors
 def chat(session, prompt, max_new, temperature, seed, history_original, history_pruned, request: gr.Request):
-    """One prompt through both models, streamed in turns.
-
-    Yields (original chat, pruned chat, prompt box, info line); the info line ends with 'Done'."""
+    """One prompt through both models (the histories are the chats so far), streamed in turns.
+    Yields: original chat, pruned chat, prompt box (emptied), info line (starts with 'Done' at the end)."""
     attach(session, request)
     prompt = (prompt or "").strip()
     if not prompt:

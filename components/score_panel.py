@@ -26,7 +26,7 @@ SOURCE_LABELS = {"wiki-bb": "wiki-bb (Wikipedia, offline)", "wikitext2": "WikiTe
                  "ptb": "PTB (needs internet)", "c4": "C4 (needs internet)"}
 UNIT_CHOICES = [("auto (KV group for GQA, head for MHA)", "auto"), ("KV group", "kv_group"),
                 ("query slot", "query_slot"), ("head (MHA only)", "head")]
-SEQ_LENS = [32, 64, 128, 256, 512]
+SEQ_LENS = ["32", "64", "128", "256", "512"]  # strings: the API advertises choices as strings
 DEFAULT_METHOD = "bip" if "bip" in scoring.METHODS else scoring.METHODS[0]
 
 
@@ -85,7 +85,7 @@ def build():
             samples = gr.Slider(8, st.settings.max_samples, value=min(64, st.settings.max_samples), step=8,
                                 label="Samples", info="windows of calibration text", scale=3,
                                 elem_id="bip-samples")
-            seq_len = gr.Dropdown(SEQ_LENS, value=128, label="Tokens each", min_width=100, scale=1)
+            seq_len = gr.Dropdown(SEQ_LENS, value="128", label="Tokens each", min_width=100, scale=1)
         with gr.Accordion("Options", open=False):
             options = []
             for m, key, choices, default in option_specs():
@@ -95,7 +95,8 @@ def build():
             unit = gr.Dropdown(UNIT_CHOICES, value="auto", label="Attention unit")
             seed = gr.Number(0, precision=0, label="Seed", minimum=0)
         run = gr.Button("Score", variant="primary", elem_id="bip-score-btn")
-        status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-score-status")
+        status = gr.Markdown("", label="message", elem_classes=["bip-status"], min_height=56,
+                             elem_id="bip-score-status")
     with gr.Accordion("What do the scores mean?", open=False):
         gr.Markdown(texts.SCORE + "\n\n" + texts.LIPSCHITZ + "\n\n" + texts.METHODS + "\n\n" + texts.CALIBRATION,
                     elem_classes=["bip-teach"])
@@ -108,19 +109,28 @@ def option_visibility(method):
     return [gr.update(visible=(m == method)) for m, *_ in option_specs()]
 
 
-def _options_for(method: str, values) -> dict:
-    return {key: value for (m, key, _, _), value in zip(option_specs(), values) if m == method}
+def option_names() -> list[str]:
+    """The API parameter name of each option_specs() entry: the option's own name (unique across methods)."""
+    names = [key for _, key, _, _ in option_specs()]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"Two scoring methods share an option name ({names}); name the API parameters apart.")
+    return names
+
+
+def _options_for(method: str, options: dict) -> dict:
+    return {key: options[key] for m, key, _, _ in option_specs() if m == method and key in options}
 
 
 @ui_errors
-def run_score(request: gr.Request, progress=gr.Progress(), *values):
-    """Score the session's model; the result joins the session's scores and becomes the active one.
-
-    values: session, method, source, samples, seq_len, unit, seed, then one value per option_specs()."""
-    session, method, source, samples, seq_len, unit, seed, *option_values = values
+def run_score(session, method, source, samples, seq_len, unit, seed, request: gr.Request, progress=gr.Progress(),
+              **options):
+    """Score the loaded model: every attention unit and MLP channel, on `samples` windows of `seq_len` tokens of
+    calibration text `source` ('custom' = the text given with /calibration_text). The run joins the session's runs
+    and becomes the active one. Method options (aggregation, lipschitz, variant, norm, weights) apply to their
+    method only. Returns: message, pipeline, scores summary, scores file (JSON)."""
     attach(session, request)
     loaded = require_model(session)
-    options = _options_for(method, option_values)
+    options = _options_for(method, options)
     unit = None if unit in (None, "", "auto") else unit
     label_desc = METHOD_LABELS.get(method, method)
 

@@ -27,8 +27,11 @@ class StudioSession:
         self.prune_count = 0
         self.reset_model(None)
 
-    def __deepcopy__(self, memo):  # gr.State deep-copies its default value: a fresh session is its own copy
-        return self
+    def __deepcopy__(self, memo):
+        """gr.State deep-copies its default value once per browser session: each copy is a new, empty
+        session. (A callable default would also add a public load endpoint that resets the caller's
+        session; a session's models and locks are never copied.)"""
+        return StudioSession()
 
     # ---- what the session holds -------------------------------------------------------------
     def reset_model(self, loaded) -> None:

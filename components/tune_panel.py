@@ -22,7 +22,7 @@ PRESETS = {  # name -> (ratio, allocation, skip_first, skip_last)
     "Global (energy) 20%": (0.2, "global-energy", 0, 0),
     "FLAP-style global 20%": (0.2, "global-std", 0, 0),
 }
-ROUND_CHOICES = [("1 (exact)", 1), ("8", 8), ("16", 16), ("32", 32), ("64", 64)]
+ROUND_CHOICES = [("1 (exact)", "1"), ("8", "8"), ("16", "16"), ("32", "32"), ("64", "64")]  # strings, as the API shows
 
 
 def _fmt(n) -> str:
@@ -101,7 +101,7 @@ def build_controls():
         with gr.Row():
             skip_first = gr.Slider(0, 8, value=0, step=1, label="Skip first layers", elem_id="bip-skip-first")
             skip_last = gr.Slider(0, 8, value=0, step=1, label="Skip last layers", elem_id="bip-skip-last")
-        round_to = gr.Dropdown(ROUND_CHOICES, value=1, label="Round kept MLP channels to a multiple of",
+        round_to = gr.Dropdown(ROUND_CHOICES, value="1", label="Round kept MLP channels to a multiple of",
                                info="multiples of 8 or 64 run faster on some hardware")
         allow_empty = gr.Checkbox(False, label="Allow removing whole attention sub-blocks",
                                   info="otherwise every layer keeps at least one attention unit")
@@ -112,18 +112,20 @@ def build_controls():
 
 
 def build_view():
-    readout = gr.HTML(readout_html(None), elem_id="bip-readout")
+    readout = gr.HTML(readout_html(None), label="readout", elem_id="bip-readout")
     with gr.Row(equal_height=True, elem_classes=["bip-viewbar"]):
         shown = gr.Dropdown([], value=None, label="Scores shown (and planned from)", scale=3, elem_id="bip-shown",
                             info="every method you score stays here for comparison")
         order = gr.Radio([("sorted by score", "sorted"), ("channel index", "index")], value="sorted",
                          label="MLP channels", scale=2)
         overlay = gr.Checkbox(True, label="Show what the plan removes", scale=1)
-    figure = gr.Plot(heatmaps.empty_figure("No scores yet: load a model, then press Score."), show_label=False,
+    figure = gr.Plot(heatmaps.empty_figure("No scores yet: load a model, then press Score."), label="heatmap",
+                     show_label=False,
                      elem_id="bip-heatmap")
     gr.Markdown(texts.OVERLAY, elem_classes=["bip-teach", "bip-small"])
     with gr.Accordion("Per-block attention factor: Lipschitz bound and measured gain", open=True):
-        lipschitz = gr.Plot(heatmaps.empty_figure("No scores yet.", height=240), show_label=False,
+        lipschitz = gr.Plot(heatmaps.empty_figure("No scores yet.", height=240), label="attention factor",
+                            show_label=False,
                             elem_id="bip-lipschitz")
     editor = gr.State(None)
     editor_box = gr.Accordion("Per-layer ratios (sliders)", open=False, elem_id="bip-layer-editor")
@@ -180,9 +182,9 @@ def _outputs(session, order, overlay, message=""):
 @ui_errors
 def replan(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, ratios_json, order, overlay,
            request: gr.Request):
-    """Recompute the plan from the active scores (no scoring): readout, overlay, editor, details.
-
-    Outputs: readout, figure, plan summary, ratios text, status, editor spec."""
+    """Make the plan from the active scores (no scoring): `ratio` of attention+MLP parameters removed, spread
+    across layers by `allocation` (manual: `ratios_json`, one [attention, mlp] removed pair per layer). Returns:
+    readout, heatmap (plotly, ~170 KB: scripts want /plan), plan summary, per-layer ratios (JSON), pipeline."""
     attach(session, request)
     if session.loaded is None or session.active_scores is None:
         msg = "Load a model (step 1) and score it to see a plan." if session.loaded is None else \
@@ -247,6 +249,7 @@ def scores_choices(session):
 
 
 def save_plan(session):
+    """The current plan as a JSON file (kept units and channels per layer, ratios, calibration)."""
     if session.plan is None:
         raise gr.Error("No plan yet: score the model first.", print_exception=False)
     path = session.tmp_dir() / "plan.json"

@@ -55,11 +55,11 @@ class Ui:
         return [v.shown, v.lipschitz, v.scores_info, v.scores_file, self.p.bias]
 
 
-def guarded(ui: Ui, button, fn, inputs, outputs, api_name, progress_on, needs=None):
+def guarded(ui: Ui, button, fn, inputs, outputs, api_name, progress_on, needs=None, **extra):
     """A heavy job behind a quick pre-check (not busy, prerequisites there)."""
     pre = button.click(functools.partial(precheck, needs=needs), [ui.session], None, trigger_mode="multiple",
                        concurrency_limit=None, show_progress="hidden", api_visibility="private")
-    return pre.success(fn, inputs, outputs, api_name=api_name, show_progress_on=[progress_on], **HEAVY)
+    return pre.success(fn, inputs, outputs, api_name=api_name, show_progress_on=[progress_on], **HEAVY, **extra)
 
 
 def after_score(session):
@@ -99,8 +99,9 @@ def wire_score(ui: Ui) -> None:
     s.method.change(score_panel.option_visibility, [s.method], s.options, queue=False, show_progress="hidden",
                     api_visibility="private")
     guarded(ui, s.run, score_panel.run_score,
-            [ui.session, s.method, s.source, s.samples, s.seq_len, s.unit, s.seed, *s.options],
-            [s.status, ui.status, v.scores_info, v.scores_file], "score", s.status, "model").success(
+            [ui.session, s.method, s.source, s.samples, s.seq_len, s.unit, s.seed],
+            [s.status, ui.status, v.scores_info, v.scores_file], "score", s.status, "model",
+            inputs_kwargs=dict(zip(score_panel.option_names(), s.options))).success(
         after_score, [ui.session], ui.score_views, **LIGHT).success(
         tune_panel.replan, ui.plan_inputs, ui.plan_outputs, **LIGHT)
 

@@ -18,7 +18,9 @@ from gradio_client.utils import Status  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-PLAN_DEFAULTS = dict(skip_first=0, skip_last=0, round_to=1, allow_empty=False, ratios_json="", order="sorted",
+PUBLIC_ENDPOINTS = {"/load_model", "/score", "/make_plan", "/plan_file", "/prune", "/chat", "/perplexity",
+                    "/zeroshot", "/speed", "/export"}
+PLAN_DEFAULTS = dict(skip_first=0, skip_last=0, round_to="1", allow_empty=False, ratios_json="", order="sorted",
                      overlay=True)
 
 
@@ -42,7 +44,7 @@ def _plan(client, ratio=0.2, allocation="uniform", **kw):
                           api_name="/make_plan")
 
 
-def _load_and_score(client, samples=8, seq_len=64):
+def _load_and_score(client, samples=8, seq_len="64"):
     client.predict("default", api_name="/load_model")
     return client.predict("bip", "wiki-bb", samples, seq_len, "auto", 0, api_name="/score")
 
@@ -56,7 +58,7 @@ def test_full_flow(served, tmp_path):
     card, strip, msg = client.predict("default", api_name="/load_model")
     assert "GQA" in card and "134.5M" in strip and "Loaded" in msg
 
-    status, strip, info, scores_file = client.predict("bip", "wiki-bb", 8, 64, "auto", 0, api_name="/score")
+    status, strip, info, scores_file = client.predict("bip", "wiki-bb", 8, "64", "auto", 0, api_name="/score")
     assert "LLM-BIP" in status and "scored" in status
     assert info["layers"] == 30
     assert info["attention_units_per_layer"] == [3] * 30 and info["mlp_channels_per_layer"] == [1536] * 30
@@ -106,7 +108,7 @@ def test_bad_input_gives_messages_and_app_keeps_working(served):
     readout, *_ = _plan(client, 0.2)
     assert "Load a model" in readout  # a plan before anything: a hint, not an error
     with pytest.raises(Exception, match="Load a model first"):
-        client.predict("bip", "wiki-bb", 8, 64, "auto", 0, api_name="/score")
+        client.predict("bip", "wiki-bb", 8, "64", "auto", 0, api_name="/score")
     with pytest.raises(Exception, match="not found"):
         client.predict("no/such/model/anywhere", api_name="/load_model")
     _load_and_score(client)
@@ -132,16 +134,16 @@ def test_second_click_while_a_job_runs(served):
     url, _ = served
     client = _client(url)
     client.predict("default", api_name="/load_model")
-    job = client.submit("bip", "wiki-bb", 24, 128, "auto", 0, api_name="/score")
+    job = client.submit("bip", "wiki-bb", 24, "128", "auto", 0, api_name="/score")
     deadline = time.time() + 60
     while job.status().code not in (Status.PROCESSING, Status.PROGRESS) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
     with pytest.raises(Exception, match="still running"):
-        client.predict("bip", "wiki-bb", 8, 64, "auto", 0, api_name="/score")
+        client.predict("bip", "wiki-bb", 8, "64", "auto", 0, api_name="/score")
     status, *_ = job.result(timeout=120)
     assert "scored" in status
-    status, *_ = client.predict("magnitude", "wiki-bb", 8, 64, "auto", 0, api_name="/score")
+    status, *_ = client.predict("magnitude", "wiki-bb", 8, "64", "auto", 0, api_name="/score")
     assert "Magnitude" in status
 
 
@@ -163,3 +165,46 @@ def test_sessions_are_isolated_and_idle_ones_are_freed(served):
     with pytest.raises(Exception, match="idle and its models were freed"):
         a.predict(False, api_name="/prune")
     assert studio.store.loaded_specs() == ["default"]  # the shared original stays loaded
+
+
+def _api(client) -> dict:
+    return client.view_api(return_format="dict", print_info=False)
+
+
+def test_no_public_endpoint_resets_the_session(served):
+    """A gr.State default must not add a public load endpoint (it used to be /StudioSession, which wiped the
+    caller's session)."""
+    url, _ = served
+    client = _client(url)
+    api = _api(client)
+    assert not api["unnamed_endpoints"]
+    assert set(api["named_endpoints"]) == PUBLIC_ENDPOINTS
+    _load_and_score(client)
+    _plan(client, 0.2)
+    with pytest.raises(Exception):
+        client.predict(api_name="/StudioSession")
+    msg, *_ = client.predict(False, api_name="/prune")
+    assert "pruned #1" in msg
+
+
+def test_api_names_types_and_descriptions(served):
+    """Every public endpoint has named parameters and outputs, a description, and choices of the type the
+    server accepts (the client shows every choice as a string, so choices are strings)."""
+    url, _ = served
+    client = _client(url)
+    for name, endpoint in _api(client)["named_endpoints"].items():
+        assert len(endpoint["description"]) > 30, name
+        for param in endpoint["parameters"]:
+            assert not param["parameter_name"].startswith("param_"), (name, param)
+            choices = (param["type"] or {}).get("enum") or ((param["type"] or {}).get("items") or {}).get("enum")
+            assert all(isinstance(c, str) for c in choices or []), (name, param["parameter_name"], choices)
+        for output in endpoint["returns"]:
+            assert not output["label"].startswith("value_"), (name, output)
+    score = _api(client)["named_endpoints"]["/score"]["parameters"]
+    seq_len = next(p for p in score if p["parameter_name"] == "seq_len")
+    assert seq_len["python_type"]["type"] == "Literal['32', '64', '128', '256', '512']"
+    client.predict("default", api_name="/load_model")
+    status, *_ = client.predict(method="magnitude", samples=8, seq_len="128", norm="l1", api_name="/score")
+    assert "Magnitude" in status and "norm=l1" in status
+    _, _, summary, *_ = _plan(client, 0.2, round_to="64")
+    assert all(layer["mlp_kept"] % 64 == 0 for layer in summary["layers"])
