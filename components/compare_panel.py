@@ -14,7 +14,7 @@ from bip_core.zeroshot import OFFLINE_DEFAULT, zeroshot
 
 from . import charts, texts
 from .context import attach, studio
-from .jobs import check_idle, heavy, precheck, require_model, ui_errors
+from .jobs import cancellable, check_idle, heavy, precheck, require_model, ui_errors
 
 RESULT_HEADERS = ["model", "measurement", "value", "details"]
 ORIGINAL = "original"
@@ -135,10 +135,10 @@ def _models(session):
     return loaded, models
 
 
-def _reporter(progress, what):
+def _reporter(session, progress, what):
     def report(done, total, desc=None):
         progress(done / max(total, 1), desc=f"{what}: {done} of {total}")
-    return report
+    return cancellable(session, report)
 
 
 # ------------------------------------------------------------------------------------- handlers
@@ -155,7 +155,7 @@ def run_perplexity(session, source, windows, request: gr.Request, progress=gr.Pr
         for name, model in models:
             desc = f"Perplexity of the {name.split(':')[0]} model"
             compute = lambda m=model, d=desc: perplexity(m, loaded.tokenizer, source=source, windows=windows,  # noqa: E731
-                                                         progress=_reporter(progress, d))
+                                                         progress=_reporter(session, progress, d))
             r = _cached_original(("ppl", loaded.spec, source, windows), compute) if name == ORIGINAL else compute()
             rows.append({"model": name, "kind": "perplexity", "value": r["ppl"],
                          "metric": f"perplexity {r['dataset']} {r['split']} ({r['windows']} x {r['seq_len']})",
@@ -180,6 +180,7 @@ def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progres
     rows = []
     with heavy(session, "Zero-shot evaluation", progress, originals=[loaded.model]):
         for k, (name, model) in enumerate(models):
+            session.check_open()
             progress(k / len(models), desc=f"Zero-shot: {name.split(':')[0]} model on {len(tasks)} task(s) ...")
             compute = lambda m=model: zeroshot(m, loaded.tokenizer, tasks=list(tasks), limit=limit)  # noqa: E731
             r = _cached_original(("zs", loaded.spec, tuple(sorted(tasks)), limit), compute) if name == ORIGINAL \
@@ -205,7 +206,7 @@ def run_speed(session, batches, request: gr.Request, progress=gr.Progress()):
     with heavy(session, "Speed measurement", progress, originals=[loaded.model]):
         for name, model in models:
             r = measure_speed(model, loaded.tokenizer, batch_sizes=batch_sizes, new_tokens=16, repeats=2,
-                              progress=_reporter(progress, f"Speed of the {name.split(':')[0]} model"))
+                              progress=_reporter(session, progress, f"Speed of the {name.split(':')[0]} model"))
             rows += speed_rows(name, r)
     _add(session, rows)
     return ("Speed measured (median of 2 runs, 128-token prompt, 16 new tokens).", *results_view(session))
@@ -282,6 +283,7 @@ def chat(session, prompt, max_new, temperature, seed, history_original, history_
             context = [m for m in histories[name][:-1] if m.get("content") and m["content"] != NO_PRUNED]
             streams[name] = stream_generate(model, loaded.tokenizer, context, **settings)
         while streams:
+            session.check_open()
             for name in list(streams):
                 t0 = time.perf_counter()
                 try:

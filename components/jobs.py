@@ -19,6 +19,8 @@ import gradio as gr
 
 from bip_core.errors import BipError
 
+from .session import SessionClosed
+
 log = logging.getLogger("bip_studio")
 
 _slots: threading.BoundedSemaphore | None = None
@@ -70,8 +72,10 @@ def heavy(session, what: str, progress=None, originals=()):
         if not slots.acquire(blocking=False):
             if progress is not None:
                 progress(0, desc=f"{what}: waiting for another user's job to finish ...")
-            slots.acquire()
+            while not slots.acquire(timeout=0.25):
+                session.check_open()  # a closed tab stops waiting
         try:
+            session.check_open()
             locks = [model_lock(m) for m in originals if m is not None]
             for lock in locks:
                 lock.acquire()
@@ -84,6 +88,14 @@ def heavy(session, what: str, progress=None, originals=()):
             slots.release()
     finally:
         session.end()
+
+
+def cancellable(session, report):
+    """Wrap a progress callback: a job whose tab was closed stops at its next report (SessionClosed)."""
+    def checked(*args, **kwargs):
+        session.check_open()
+        return report(*args, **kwargs)
+    return checked
 
 
 # Library messages name API arguments; in the app the same thing is a control with a label.
@@ -104,6 +116,9 @@ def friendly(err: BaseException) -> gr.Error:
     """The message a user sees for an exception."""
     if isinstance(err, gr.Error):
         return err
+    if isinstance(err, SessionClosed):
+        log.info("job cancelled: %s", err)
+        return gr.Error(str(err), title="Cancelled", print_exception=False)
     if isinstance(err, BipError):
         return gr.Error(ui_wording(str(err)), print_exception=False)
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":

@@ -8,7 +8,7 @@ from bip_core.data import SOURCES
 
 from . import heatmaps, status_bar, texts
 from .context import attach, studio
-from .jobs import heavy, require_model, ui_errors
+from .jobs import cancellable, heavy, require_model, ui_errors
 
 METHOD_LABELS = {"bip": "LLM-BIP", "flap": "FLAP", "wanda-sp": "Wanda-sp", "taylor": "Taylor (LLM-Pruner)",
                  "magnitude": "Magnitude", "random": "Random"}
@@ -140,7 +140,7 @@ def run_score(session, method, source, samples, seq_len, unit, seed, request: gr
     with heavy(session, "Scoring", progress, originals=[loaded.model]):
         progress(0, desc=f"Scoring with {label_desc}: preparing calibration text ...")
         scores = scoring.score(loaded.model, loaded.tokenizer, method=method, source=source, samples=int(samples),
-                               seq_len=int(seq_len), seed=int(seed or 0), unit=unit, progress=report,
+                               seq_len=int(seq_len), seed=int(seed or 0), unit=unit, progress=cancellable(session, report),
                                model_name=loaded.spec, **options)
     label = scores_label(scores.meta)
     session.scores[label] = scores

@@ -4,7 +4,9 @@ A `StudioSession` lives in a `gr.State` (one per session, created on first use).
 model it points to is shared read-only with other sessions (components.model_store); the scores,
 plan, pruned model, measurements and export files are this session's alone. `free()` drops them;
 the registry calls it when the tab closes (demo.unload), when Gradio deletes the state, or when the
-session has been idle longer than BIP_SESSION_TTL.
+session has been idle longer than BIP_SESSION_TTL. A session closed while its job runs is marked
+`closed`: the job stops at its next progress report (`check_open` raises SessionClosed) and the
+session is freed when the job ends, so an abandoned job never holds a slot for long.
 """
 from __future__ import annotations
 
@@ -16,10 +18,15 @@ import time
 from pathlib import Path
 
 
+class SessionClosed(Exception):
+    """The session's tab was closed while its job ran: the job is cancelled."""
+
+
 class StudioSession:
     def __init__(self):
         self.lock = threading.Lock()
         self.busy: str | None = None
+        self.closed = False  # closed while a job ran: the job stops at its next progress report
         self.session_hash: str | None = None
         self.last_used = time.time()
         self.expired = False
@@ -88,6 +95,22 @@ class StudioSession:
         with self.lock:
             self.busy = None
             self.last_used = time.time()
+            closed, self.closed = self.closed, False
+        if closed:
+            self.free()
+
+    def close(self) -> None:
+        """The tab closed: free everything now, or, while a job runs, cancel it and free when it ends."""
+        with self.lock:
+            if self.busy is not None:
+                self.closed = True
+                return
+        self.free()
+
+    def check_open(self) -> None:
+        """Called by running jobs at every progress report: stop if the tab was closed."""
+        if self.closed:
+            raise SessionClosed(f"{self.busy or 'The job'} was cancelled: its tab was closed.")
 
     def touch(self) -> None:
         self.last_used = time.time()
@@ -113,8 +136,8 @@ class SessionRegistry:
     def release(self, session_hash: str | None) -> None:
         with self._lock:
             session = self._sessions.pop(session_hash, None) if session_hash else None
-        if session is not None and session.busy is None:
-            session.free()
+        if session is not None:
+            session.close()
 
     def sweep(self, now: float | None = None) -> int:
         """Free sessions idle for longer than the TTL; returns how many were freed."""
@@ -146,5 +169,5 @@ class SessionRegistry:
 
 def delete_callback(session) -> None:
     """For gr.State(delete_callback=...): Gradio dropped the state, so drop what it held."""
-    if isinstance(session, StudioSession) and session.busy is None:
-        session.free()
+    if isinstance(session, StudioSession):
+        session.close()

@@ -1,5 +1,6 @@
 """The app's pieces without a server: settings, the shared model store's policy (allow-list, size
 cap), sessions and their cleanup, the job guard, and the figure builders."""
+import threading
 import time
 
 import gradio as gr
@@ -11,7 +12,7 @@ from bip_core.loading import LoadedModel, random_model
 from bip_core.tiny_configs import tiny_config
 from components import heatmaps, jobs, status_bar, tune_panel
 from components.model_store import ModelStore
-from components.session import SessionRegistry, StudioSession
+from components.session import SessionClosed, SessionRegistry, StudioSession
 from components.settings import Settings, from_env, parse_count
 
 
@@ -100,6 +101,58 @@ def test_one_job_per_session():
                 pass
     assert session.busy is None
     jobs.check_idle(session)
+
+
+def _job_in_thread(session, what, outcome, started, steps=2000):
+    """A heavy job reporting progress every 10 ms (like scoring, once per layer of each batch)."""
+    def run():
+        try:
+            with jobs.heavy(session, what):
+                report = jobs.cancellable(session, lambda *args: None)
+                started.set()
+                for i in range(steps):
+                    time.sleep(0.01)
+                    report(i, steps)
+            outcome["done"] = True
+        except Exception as err:  # noqa: BLE001 -- the test inspects it
+            outcome["error"] = err
+        started.set()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_closing_a_tab_cancels_its_job_and_frees_its_slot():
+    jobs.configure(1)
+    registry = SessionRegistry(ttl_seconds=60)
+    closed_tab, new_tab = StudioSession(), StudioSession()
+    closed_tab.scores["x"] = object()
+    registry.attach(closed_tab, "closed")
+    outcome, started = {}, threading.Event()
+    thread = _job_in_thread(closed_tab, "Scoring", outcome, started)
+    started.wait(10)
+    registry.release("closed")  # the tab closed (demo.unload)
+    t0 = time.perf_counter()
+    with jobs.heavy(new_tab, "Loading a model"):
+        waited = time.perf_counter() - t0
+    thread.join(10)
+    assert waited < 2, "the new tab waited behind the abandoned job"
+    assert isinstance(outcome.get("error"), SessionClosed) and "tab was closed" in str(outcome["error"])
+    assert closed_tab.busy is None and closed_tab.expired and not closed_tab.scores  # freed when the job ended
+    assert "cancelled" in jobs.friendly(outcome["error"]).message
+
+
+def test_a_closed_tab_stops_waiting_for_a_slot():
+    jobs.configure(1)
+    running, waiting = StudioSession(), StudioSession()
+    outcome, started = {}, threading.Event()
+    with jobs.heavy(running, "Scoring"):
+        thread = _job_in_thread(waiting, "Perplexity", outcome, started, steps=1)
+        time.sleep(0.3)
+        assert waiting.busy == "Perplexity" and "error" not in outcome  # queued behind the running job
+        waiting.close()
+        thread.join(5)
+    assert isinstance(outcome.get("error"), SessionClosed) and waiting.busy is None
 
 
 def test_errors_become_readable_messages():
