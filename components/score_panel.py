@@ -58,8 +58,11 @@ def scores_label(meta: dict) -> str:
     return " · ".join(parts)
 
 
-def scores_info(scores) -> dict:
-    """What the API and the 'details' box show about one scores run (shapes, cost, calibration)."""
+def scores_info(scores) -> dict | None:
+    """What the API and the 'details' box show about one scores run (shapes, cost, calibration); None
+    before any scoring."""
+    if scores is None:
+        return None
     meta = scores.meta
     return {
         "label": scores_label(meta),

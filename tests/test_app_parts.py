@@ -10,7 +10,7 @@ import pytest
 from bip_core.errors import ModelSpecError
 from bip_core.loading import LoadedModel, random_model
 from bip_core.tiny_configs import tiny_config
-from components import heatmaps, jobs, status_bar, tune_panel
+from components import heatmaps, jobs, status_bar, tune_panel, wiring
 from components.model_store import ModelStore
 from components.session import SessionClosed, SessionRegistry, StudioSession
 from components.settings import Settings, from_env, parse_count
@@ -225,3 +225,13 @@ def test_readout_and_status_strip():
     with pytest.raises(gr.Error, match="JSON list of 30"):
         tune_panel.parse_ratios("[[0.1, 0.2]]", 30)
     assert tune_panel.parse_ratios("[[0.1, 0.2], [0, 0]]", 2) == [(0.1, 0.2), (0.0, 0.0)]
+
+
+def test_views_of_a_session_without_scores():
+    """Focusing the empty 'Scores shown' dropdown before scoring ran these on an empty session (an
+    AttributeError in scores_info used to end in a server-side traceback)."""
+    session = StudioSession()
+    figure = tune_panel.show_scores(session, None, "sorted", True)
+    assert "No scores" in figure.layout.annotations[0].text
+    choices, chart, info, scores_file, bias = wiring.after_score(session)
+    assert info is None and scores_file is None and "No scores" in chart.layout.annotations[0].text
