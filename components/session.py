@@ -32,6 +32,7 @@ class StudioSession:
         self.expired = False
         self._tmp: Path | None = None
         self.prune_count = 0
+        self.editor_version = 0  # bumped whenever the per-layer sliders must re-render
         self.reset_model(None)
 
     def __deepcopy__(self, memo):
@@ -52,6 +53,7 @@ class StudioSession:
         self.plan = None
         self.plan_summary: dict | None = None
         self.plan_settings: dict = {}
+        self.editor_spec: dict | None = None  # what the per-layer sliders show (plan_events.edit_layers)
         self.drop_pruned()
         self.results: list[dict] = []  # measurements shown in the Compare tab
         self.original_cache: dict = {}  # measurements of the original, reused across prunes

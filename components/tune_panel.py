@@ -1,17 +1,13 @@
 """Step 2b: from scores to a plan, instantly: global ratio, allocation, presets, per-layer sliders,
 the live size readout and the overlay of what the plan removes. No re-scoring, ever."""
-import html
 import json
 from types import SimpleNamespace
 
 import gradio as gr
 
-from bip_core.errors import BipError
-from bip_core.plan import ALLOCATIONS, make_plan
+from bip_core.plan import ALLOCATIONS
 
-from . import heatmaps, status_bar, texts
-from .context import attach
-from .jobs import friendly, ui_errors
+from . import heatmaps, texts
 
 ALLOCATION_LABELS = {"uniform": "uniform", "global": "global, relative changes",
                      "global-energy": "global, squared changes (LLM-BIP)",
@@ -62,21 +58,25 @@ def readout_html(summary: dict | None, message: str = "") -> str:
 
 
 def editor_spec(session) -> dict | None:
-    """What the per-layer editor shows: units per layer and the plan's removed units / MLP share."""
+    """What the per-layer editor shows (units per layer, the plan's removed units and MLP %), remembered in
+    the session so that a slider move can tell which layer moved."""
     s = session.plan_summary
     if not s:
+        session.editor_spec = None
         return None
-    session.editor_version = getattr(session, "editor_version", 0) + 1  # always a change: sliders re-render
-    return {"version": session.editor_version, "unit": heatmaps.UNIT_LABEL.get(s.get("unit"), "unit"),
-            "units": [l["attention_total"] for l in s["layers"]],
-            "att": [l["attention_total"] - l["attention_kept"] for l in s["layers"]],
-            "mlp": [round(100 * (l["mlp_total"] - l["mlp_kept"]) / l["mlp_total"]) for l in s["layers"]]}
+    session.editor_version += 1  # always a change: the sliders re-render
+    session.editor_spec = {
+        "version": session.editor_version, "unit": heatmaps.UNIT_LABEL.get(s.get("unit"), "unit"),
+        "units": [l["attention_total"] for l in s["layers"]],
+        "att": [l["attention_total"] - l["attention_kept"] for l in s["layers"]],
+        "mlp": [round(100 * (l["mlp_total"] - l["mlp_kept"]) / l["mlp_total"], 1) for l in s["layers"]]}
+    return session.editor_spec
 
 
 def ratios_text(plan) -> str:
     if plan is None:
         return ""
-    return json.dumps([[round(a, 4), round(m, 4)] for a, m in plan.meta["layer_ratios"]])
+    return json.dumps([[round(a, 6), round(m, 6)] for a, m in plan.meta["layer_ratios"]])  # exact counts back
 
 
 def parse_ratios(text: str, n_layers: int):
@@ -150,19 +150,6 @@ def build_view():
 
 # ------------------------------------------------------------------------------------- handlers
 
-def _make(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, layer_ratios=None):
-    loaded = session.loaded
-    plan = make_plan(session.active_scores, loaded.model, None if allocation == "manual" else float(ratio),
-                     allocation=allocation, skip_first=int(skip_first or 0), skip_last=int(skip_last or 0),
-                     layer_ratios=layer_ratios, allow_empty_attention=bool(allow_empty), round_to=int(round_to or 1))
-    summary = plan.summary()
-    summary["scores_label"] = session.active
-    session.plan, session.plan_summary = plan, summary
-    session.plan_settings = dict(ratio=ratio, allocation=allocation, skip_first=skip_first, skip_last=skip_last,
-                                 round_to=round_to, allow_empty=allow_empty)
-    return plan
-
-
 def figure_for(session, order, overlay):
     scores = session.active_scores
     if scores is None:
@@ -171,70 +158,6 @@ def figure_for(session, order, overlay):
     removed = heatmaps.removed_sets(session.plan.layers, d) if (overlay and session.plan is not None) else None
     title = f"Scores: {session.active}" + (" — red = removed by the current plan" if removed is not None else "")
     return heatmaps.scores_figure(d, removed, order=order or "sorted", title=title)
-
-
-def _outputs(session, order, overlay, message=""):
-    """readout, figure, plan summary, ratios text, status strip."""
-    return (readout_html(session.plan_summary, message), figure_for(session, order, overlay),
-            session.plan_summary, ratios_text(session.plan), status_bar.render(session))
-
-
-@ui_errors
-def replan(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, ratios_json, order, overlay,
-           request: gr.Request):
-    """Make the plan from the active scores (no scoring): `ratio` of attention+MLP parameters removed, spread
-    across layers by `allocation` (manual: `ratios_json`, one [attention, mlp] removed pair per layer). Returns:
-    readout, heatmap (plotly, ~170 KB: scripts want /plan), plan summary, per-layer ratios (JSON), pipeline."""
-    attach(session, request)
-    if session.loaded is None or session.active_scores is None:
-        msg = "Load a model (step 1) and score it to see a plan." if session.loaded is None else \
-            "Score the model (left) to see a plan."
-        return readout_html(None, msg), figure_for(session, order, overlay), None, "", status_bar.render(session), None
-    layer_ratios = None
-    try:
-        if allocation == "manual":
-            n = len(session.active_scores.layers)
-            if ratios_json and ratios_json.strip():
-                layer_ratios = parse_ratios(ratios_json, n)
-            elif session.plan is not None:
-                layer_ratios = session.plan.meta["layer_ratios"]
-            else:
-                layer_ratios = [(0.0, 0.0)] * n
-        _make(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, layer_ratios)
-    except (BipError, gr.Error) as err:
-        # Settings the plan cannot take: say why, keep the previous plan (and its views) as they are.
-        message = friendly(err).message
-        gr.Warning(message)
-        kept = "The previous plan is kept." if session.plan is not None else ""
-        return (readout_html(session.plan_summary, f"Not applied: {html.escape(message)} {kept}"),
-                figure_for(session, order, overlay), session.plan_summary, ratios_text(session.plan),
-                status_bar.render(session), editor_spec(session))
-    return (*_outputs(session, order, overlay), editor_spec(session))
-
-
-def apply_preset(name):
-    """Preset button -> (ratio, allocation, skip_first, skip_last); app.py chains replan."""
-    return PRESETS[name]
-
-
-@ui_errors
-def edit_layers(session, round_to, allow_empty, order, overlay, *values):
-    """A per-layer slider moved: a manual plan from all sliders (attention units removed, MLP %).
-
-    Outputs: readout, figure, plan summary, ratios text, status, allocation radio, editor spec.
-    A slider position the plan cannot take (e.g. a layer without attention) snaps back with a warning."""
-    if session.loaded is None or session.active_scores is None or session.plan_summary is None:
-        raise gr.Error("Score the model first.", print_exception=False)
-    n = len(values) // 2
-    units = [l["attention_total"] for l in session.plan_summary["layers"]]
-    pairs = [(float(values[2 * i]) / max(units[i], 1), float(values[2 * i + 1]) / 100.0) for i in range(n)]
-    previous = session.plan_settings.get("ratio", 0.2)
-    try:
-        _make(session, previous, "manual", 0, 0, round_to, allow_empty, pairs)
-    except BipError as err:
-        gr.Warning(friendly(err).message)
-        return (*_outputs(session, order, overlay), gr.update(), editor_spec(session))
-    return (*_outputs(session, order, overlay), "manual", gr.skip())
 
 
 def show_scores(session, label, order, overlay):
@@ -281,7 +204,7 @@ def render_editor(spec, on_edit):
                 sliders.append(gr.Slider(0, units, value=a, step=1, label=f"layer {i}: {spec['unit']}s removed",
                                          show_label=False, key=f"att-{i}", preserved_by_key=None, interactive=True,
                                          elem_classes=["bip-att-slider"], scale=2, min_width=120))
-                sliders.append(gr.Slider(0, 99, value=m, step=1, label=f"layer {i}: MLP % removed", show_label=False,
+                sliders.append(gr.Slider(0, 99, value=m, step=0.1, label=f"layer {i}: MLP % removed", show_label=False,
                                          key=f"mlp-{i}", preserved_by_key=None, interactive=True,
                                          elem_classes=["bip-mlp-slider"],
                                          scale=3, min_width=160))

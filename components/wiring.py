@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import compare_panel, context, export_panel, model_card, prune_panel, score_panel, tune_panel
+from . import compare_panel, context, export_panel, model_card, plan_events, prune_panel, score_panel, tune_panel
 from .jobs import precheck
 from .session import StudioSession
 
@@ -47,7 +47,7 @@ class Ui:
     @property
     def plan_outputs(self) -> list:
         v = self.v
-        return [v.readout, v.figure, v.plan_json, v.ratios, self.status, v.editor]
+        return [v.readout, v.figure, v.plan_json, v.ratios, self.status, v.editor, self.t.allocation]  # PLAN_VIEWS
 
     @property
     def score_views(self) -> list:
@@ -103,28 +103,29 @@ def wire_score(ui: Ui) -> None:
             [s.status, ui.status, v.scores_info, v.scores_file], "score", s.status, "model",
             inputs_kwargs=dict(zip(score_panel.option_names(), s.options))).success(
         after_score, [ui.session], ui.score_views, **LIGHT).success(
-        tune_panel.replan, ui.plan_inputs, ui.plan_outputs, **LIGHT)
+        plan_events.replan, ui.plan_inputs, ui.plan_outputs, **LIGHT)
 
 
 def wire_tune(ui: Ui) -> None:
     """2 · Tune: every control recomputes the plan from the scores (no re-scoring)."""
     t, v = ui.t, ui.v
-    gr.on([t.ratio.release, t.allocation.input, t.skip_first.release, t.skip_last.release, t.round_to.input,
-           t.allow_empty.input], tune_panel.replan, ui.plan_inputs, ui.plan_outputs, api_name="make_plan",
-          **{**LIGHT, "api_visibility": "public"})
+    # Sliders: `input` fires for drags, clicks and the keyboard (arrows, Home/End); `release` ends a drag.
+    gr.on([t.allocation.input, t.skip_first.input, t.skip_first.release, t.skip_last.input, t.skip_last.release,
+           t.round_to.input, t.allow_empty.input], plan_events.replan, ui.plan_inputs, ui.plan_outputs,
+          api_name="make_plan", **{**LIGHT, "api_visibility": "public"})
+    gr.on([t.ratio.input, t.ratio.release], plan_events.ratio_moved, ui.plan_inputs, ui.plan_outputs, **LIGHT)
     for button in t.presets:
-        button.click(functools.partial(tune_panel.apply_preset, button.value), None,
+        button.click(functools.partial(plan_events.apply_preset, button.value), None,
                      [t.ratio, t.allocation, t.skip_first, t.skip_last], queue=False, show_progress="hidden",
                      api_visibility="private").then(
-            tune_panel.replan, ui.plan_inputs, ui.plan_outputs, **LIGHT)
-    v.apply_ratios.click(lambda: "manual", None, [t.allocation], queue=False, api_visibility="private").then(
-        tune_panel.replan, ui.plan_inputs, ui.plan_outputs, **LIGHT)
+            plan_events.replan, ui.plan_inputs, ui.plan_outputs, **LIGHT)
+    v.apply_ratios.click(plan_events.apply_manual, ui.plan_inputs, ui.plan_outputs, **LIGHT)
     v.save_plan.click(tune_panel.save_plan, [ui.session], [v.plan_file], api_name="plan_file", show_progress="hidden")
     gr.on([v.order.input, v.overlay.input], tune_panel.figure_for, [ui.session, v.order, v.overlay], [v.figure],
           **LIGHT)
     v.shown.input(tune_panel.show_scores, [ui.session, v.shown, v.order, v.overlay], [v.figure], **LIGHT).success(
         after_score, [ui.session], ui.score_views, **LIGHT).success(
-        tune_panel.replan, ui.plan_inputs, ui.plan_outputs, **LIGHT)
+        plan_events.replan, ui.plan_inputs, ui.plan_outputs, **LIGHT)
     wire_layer_editor(ui)
 
 
@@ -136,9 +137,9 @@ def wire_layer_editor(ui: Ui) -> None:
         @gr.render(inputs=[v.editor], triggers=[v.editor.change], show_progress="hidden")
         def layer_editor(spec):
             def wire_sliders(sliders):
-                gr.on([sl.release for sl in sliders], tune_panel.edit_layers,
-                      [ui.session, t.round_to, t.allow_empty, v.order, v.overlay, *sliders],
-                      [v.readout, v.figure, v.plan_json, v.ratios, ui.status, t.allocation, v.editor], **LIGHT)
+                gr.on([sl.release for sl in sliders], plan_events.edit_layers,
+                      [ui.session, t.round_to, t.allow_empty, v.order, v.overlay, *sliders], ui.plan_outputs,
+                      **LIGHT)
             tune_panel.render_editor(spec, wire_sliders)
 
 

@@ -67,8 +67,8 @@ def test_full_flow(served, tmp_path):
     assert all(len(layer["attention"]) == 3 and len(layer["mlp"]) == 1536 for layer in scores.layers)
     assert scores.meta["samples"] == 8 and scores.meta["seq_len"] == 64
 
-    readout, figure, summary, ratios, strip = _plan(client, 0.2)
-    assert "20.0%" in readout and summary["removed_attention_mlp"] == pytest.approx(0.2, abs=0.005)
+    readout, figure, summary, ratios, strip, allocation = _plan(client, 0.2)
+    assert allocation == "uniform" and "20.0%" in readout and summary["removed_attention_mlp"] == pytest.approx(0.2, abs=0.005)
     assert summary["params_after"] < summary["params_before"]
     assert len(json.loads(ratios)) == 30
     from bip_core.plan import Plan
