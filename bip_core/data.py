@@ -6,6 +6,7 @@ Source names (the same in the CLI `--data`, the app and the Python API):
   ptb          online: Penn Treebank, text only (train/validation/test)
   c4           online: the first shard of allenai/c4 en (train/validation)
   file:PATH    a UTF-8 text file; documents separated by blank lines; the same text for every split
+               (`save_user_text` checks and stores a user's own text for it)
 
 Calibration draws N seeded windows of L tokens from the train split; perplexity uses the paper
 protocol (METHOD.md section 5): join the split's texts with "\\n\\n", tokenize once, cut into
@@ -13,6 +14,7 @@ non-overlapping windows of `seq_len` tokens, drop the remainder.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -82,6 +84,37 @@ def load_texts(source: str, split: str = "train") -> list[str]:
     if source in SOURCES:
         return _hub_texts(source, split)
     raise DataError(f"Unknown data source '{source}'. Choose one of {describe_sources()}.")
+
+
+MAX_USER_TEXT_BYTES = 4 * 2**20
+
+
+def save_user_text(data: bytes | str, folder, max_bytes: int = MAX_USER_TEXT_BYTES) -> Path:
+    """Check a user's own calibration text and store it for the `file:PATH` source.
+
+    `data` is the text or the bytes of an uploaded file: it must be UTF-8, at most `max_bytes`, and hold
+    some text. It is written (line ends normalised) to `folder/calibration-<content hash>.txt`, so
+    different texts never share a cached token stream. Returns the path; use `f"file:{path}"`."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) > max_bytes:
+        raise DataError(f"The calibration text is larger than the limit of {max_bytes / 2**20:.1f} MiB. Use a "
+                        "shorter excerpt (a few hundred KB is plenty).")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"The calibration text is not UTF-8 (byte {err.start} cannot be read). Save it as "
+                        "UTF-8 plain text (.txt) and try again.") from err
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text or not text.strip():
+        raise DataError("The calibration text is empty or not plain text. Give some plain text: documents "
+                        "separated by blank lines.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"calibration-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}.txt"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def _tokenizer_key(tokenizer) -> tuple:

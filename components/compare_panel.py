@@ -5,14 +5,13 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from bip_core.data import SOURCES
 from bip_core.generation import stream_generate
 from bip_core.offline_tasks import OFFLINE_TASKS
 from bip_core.perplexity import perplexity
 from bip_core.speed import measure_speed
 from bip_core.zeroshot import OFFLINE_DEFAULT, zeroshot
 
-from . import charts, texts
+from . import charts, sources, texts
 from .context import attach, studio
 from .jobs import cancellable, check_idle, heavy, precheck, require_model, ui_errors
 
@@ -62,7 +61,8 @@ def build():
     with gr.Row(equal_height=False):
         with gr.Group(elem_classes=["bip-box"]):
             gr.Markdown("### Perplexity", elem_classes=["bip-box-title"])
-            ppl_source = gr.Dropdown(list(SOURCES), value="wiki-bb", label="Text")
+            ppl_source = gr.Dropdown(sources.builtin_choices(), value="wiki-bb", label="Text",
+                                     info="its test split (PTB: valid)")
             ppl_windows = gr.Slider(4, st.settings.max_windows, value=min(32, st.settings.max_windows), step=4,
                                     label="Windows of 128 tokens", info="more = slower, less noisy",
                                     elem_id="bip-ppl-windows")

@@ -4,9 +4,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from bip_core import scoring
-from bip_core.data import SOURCES
 
-from . import heatmaps, status_bar, texts
+from . import heatmaps, sources, status_bar, texts
 from .context import attach, studio
 from .jobs import cancellable, heavy, require_model, ui_errors
 
@@ -22,8 +21,6 @@ CHOICE_LABELS = {("lipschitz", "directional"): "measured gain of the MLP along t
                  ("aggregation", "std"): "centred: std of m (the change left after bias compensation)"}
 SHORT_LABELS = {("lipschitz", "zero"): "L = 0", ("lipschitz", "measured"): "(1 + L) bound",  # in run names
                 ("lipschitz", "directional"): "directional gain"}
-SOURCE_LABELS = {"wiki-bb": "wiki-bb (Wikipedia, offline)", "wikitext2": "WikiText-2 (needs internet)",
-                 "ptb": "PTB (needs internet)", "c4": "C4 (needs internet)"}
 UNIT_CHOICES = [("auto (KV group for GQA, head for MHA)", "auto"), ("KV group", "kv_group"),
                 ("query slot", "query_slot"), ("head (MHA only)", "head")]
 SEQ_LENS = ["32", "64", "128", "256", "512"]  # strings: the API advertises choices as strings
@@ -54,7 +51,8 @@ def scores_label(meta: dict) -> str:
     if meta.get("unit") and meta.get("unit") != "kv_group":
         parts.append(meta["unit"])
     if meta.get("samples"):
-        parts.append(f"{meta.get('source')} {meta['samples']}x{meta['seq_len']}, seed {meta.get('seed')}")
+        source = "your text" if str(meta.get("source")).startswith("file:") else meta.get("source")
+        parts.append(f"{source} {meta['samples']}x{meta['seq_len']}, seed {meta.get('seed')}")
     return " · ".join(parts)
 
 
@@ -82,8 +80,9 @@ def build():
         gr.Markdown("### Score", elem_classes=["bip-box-title"])
         method = gr.Dropdown(method_choices(), value=DEFAULT_METHOD, label="Method", elem_id="bip-method",
                              info="LLM-BIP first; the baselines use the same plans and surgery.")
-        source = gr.Dropdown([(SOURCE_LABELS.get(s, s), s) for s in SOURCES], value="wiki-bb",
-                             label="Calibration text")
+        source = gr.Dropdown(sources.source_choices(), value="wiki-bb", label="Calibration text",
+                             elem_id="bip-source")
+        own_text = sources.build()
         with gr.Row():
             samples = gr.Slider(8, st.settings.max_samples, value=min(64, st.settings.max_samples), step=8,
                                 label="Samples", info="windows of calibration text", scale=3,
@@ -104,7 +103,7 @@ def build():
         gr.Markdown(texts.SCORE + "\n\n" + texts.LIPSCHITZ + "\n\n" + texts.METHODS + "\n\n" + texts.CALIBRATION,
                     elem_classes=["bip-teach"])
     return SimpleNamespace(method=method, source=source, samples=samples, seq_len=seq_len, options=options,
-                           unit=unit, seed=seed, run=run, status=status)
+                           unit=unit, seed=seed, run=run, status=status, own_text=own_text)
 
 
 def option_visibility(method):
@@ -133,6 +132,7 @@ def run_score(session, method, source, samples, seq_len, unit, seed, request: gr
     method only. Returns: message, pipeline, scores summary, scores file (JSON)."""
     attach(session, request)
     loaded = require_model(session)
+    source = sources.resolve(session, source)
     options = _options_for(method, options)
     unit = None if unit in (None, "", "auto") else unit
     label_desc = METHOD_LABELS.get(method, method)

@@ -33,6 +33,7 @@ class StudioSession:
         self._tmp: Path | None = None
         self.prune_count = 0
         self.editor_version = 0  # bumped whenever the per-layer sliders must re-render
+        self.calibration: dict | None = None  # the user's own calibration text: path, kb, documents
         self.reset_model(None)
 
     def __deepcopy__(self, memo):
@@ -82,6 +83,7 @@ class StudioSession:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+        self.calibration = None  # its file was in the folder just removed
         gc.collect()
 
     # ---- one job at a time ------------------------------------------------------------------

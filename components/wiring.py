@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import compare_panel, context, export_panel, model_card, plan_events, prune_panel, score_panel, tune_panel
+from . import (compare_panel, context, export_panel, model_card, plan_events, prune_panel, score_panel, sources,
+               tune_panel)
 from .jobs import precheck
 from .session import StudioSession
 
@@ -96,6 +97,8 @@ def wire_model(ui: Ui) -> None:
 def wire_score(ui: Ui) -> None:
     """2 · Score: the new scores join the session's runs and become the active ones; the plan follows."""
     s, v = ui.s, ui.v
+    s.own_text.use.click(sources.use_text, [ui.session, s.own_text.upload, s.own_text.pasted],
+                         [s.own_text.info, s.source], api_name="calibration_text", show_progress="hidden")
     s.method.change(score_panel.option_visibility, [s.method], s.options, queue=False, show_progress="hidden",
                     api_visibility="private")
     guarded(ui, s.run, score_panel.run_score,

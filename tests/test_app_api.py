@@ -18,7 +18,7 @@ from gradio_client.utils import Status  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-PUBLIC_ENDPOINTS = {"/load_model", "/score", "/make_plan", "/plan_file", "/prune", "/chat", "/perplexity",
+PUBLIC_ENDPOINTS = {"/load_model", "/calibration_text", "/score", "/make_plan", "/plan_file", "/prune", "/chat", "/perplexity",
                     "/zeroshot", "/speed", "/export"}
 PLAN_DEFAULTS = dict(skip_first=0, skip_last=0, round_to="1", allow_empty=False, ratios_json="", order="sorted",
                      overlay=True)
@@ -208,3 +208,27 @@ def test_api_names_types_and_descriptions(served):
     assert "Magnitude" in status and "norm=l1" in status
     _, _, summary, *_ = _plan(client, 0.2, round_to="64")
     assert all(layer["mlp_kept"] % 64 == 0 for layer in summary["layers"])
+
+
+def test_own_calibration_text(served, tmp_path):
+    """Upload or paste a text, score with source 'custom'; bad text gets a message that says what to do."""
+    from gradio_client import handle_file
+
+    url, _ = served
+    client = _client(url)
+    with pytest.raises(Exception, match="No calibration text of yours yet"):
+        client.predict("default", api_name="/load_model")
+        client.predict(method="bip", source="custom", samples=8, seq_len="64", api_name="/score")
+    text = "\n\n".join(f"Note {i}: pruning removes whole heads and channels from a model." for i in range(300))
+    message, source = client.predict(None, text, api_name="/calibration_text")
+    assert "your text" in message and source == "custom"
+    status, _, info, _ = client.predict(method="bip", source="custom", samples=8, seq_len="64", api_name="/score")
+    assert "your text 8x64" in status and info["source"].startswith("file:")
+    latin1 = tmp_path / "notes.txt"
+    latin1.write_bytes("Caf\xe9 notes, not UTF-8.".encode("latin-1"))
+    with pytest.raises(Exception, match="not UTF-8"):
+        client.predict(handle_file(str(latin1)), "", api_name="/calibration_text")
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 500_000)
+    with pytest.raises(Exception, match="larger than the limit"):
+        client.predict(handle_file(str(big)), "", api_name="/calibration_text")
