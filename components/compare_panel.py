@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from bip_core.generation import stream_generate
 from bip_core.offline_tasks import OFFLINE_TASKS
 from bip_core.perplexity import perplexity
 from bip_core.speed import measure_speed
@@ -13,7 +12,7 @@ from bip_core.zeroshot import OFFLINE_DEFAULT, zeroshot
 
 from . import charts, sources, texts
 from .context import attach, studio
-from .jobs import cancellable, check_idle, heavy, precheck, require_model, ui_errors
+from .jobs import cancellable, heavy, require_model, ui_errors
 
 RESULT_HEADERS = ["model", "measurement", "value", "details"]
 ORIGINAL = "original"
@@ -230,78 +229,3 @@ def speed_rows(name: str, r: dict) -> list[dict]:
                  "value": r["memory"]["weight_bytes"] / 2**20,
                  "detail": f"KV cache {r['memory']['kv_cache_bytes_per_token'] / 1024:.1f} KiB per token"})
     return rows
-
-
-EMPTY_PROMPT = "Type a prompt first, then press Send."
-
-
-def check_chat(session, prompt):
-    """Pre-check of Send: a prompt, a model, no job running (a toast; the chats stay as they are)."""
-    if not (prompt or "").strip():
-        raise gr.Error(EMPTY_PROMPT, print_exception=False)
-    precheck(session, "model")
-
-
-def _text(content) -> str:
-    """Plain text of a chat message's content (Gradio hands it back as a list of parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return content.get("text") or ""
-    if isinstance(content, (list, tuple)):
-        return "".join(_text(part) for part in content)
-    return ""
-
-
-def _plain(history) -> list[dict]:
-    return [{"role": m["role"], "content": _text(m.get("content"))} for m in history or []]
-
-
-@ui_errors
-def chat(session, prompt, max_new, temperature, seed, history_original, history_pruned, request: gr.Request):
-    """One prompt through both models (the histories are the chats so far), streamed in turns.
-    Yields: original chat, pruned chat, prompt box (emptied), info line (starts with 'Done' at the end)."""
-    attach(session, request)
-    prompt = (prompt or "").strip()
-    if not prompt:
-        raise gr.Error(EMPTY_PROMPT, print_exception=False)
-    loaded = require_model(session)
-    check_idle(session)
-    histories = {"original": _plain(history_original), "pruned": _plain(history_pruned)}
-    models = {"original": loaded.model}
-    if session.pruned is not None:
-        models["pruned"] = session.pruned
-    for name, history in histories.items():
-        history.append({"role": "user", "content": prompt})
-        history.append({"role": "assistant", "content": "…" if name in models else NO_PRUNED})
-    yield histories["original"], histories["pruned"], "", "Generating ..."
-    settings = dict(max_new_tokens=int(max_new), temperature=float(temperature), seed=int(seed or 0))
-    seconds = {name: 0.0 for name in models}
-    with heavy(session, "Generation", None, originals=[loaded.model]):
-        streams = {}
-        for name, model in models.items():
-            context = [m for m in histories[name][:-1] if m.get("content") and m["content"] != NO_PRUNED]
-            streams[name] = stream_generate(model, loaded.tokenizer, context, **settings)
-        while streams:
-            session.check_open()
-            for name in list(streams):
-                t0 = time.perf_counter()
-                try:
-                    histories[name][-1] = {"role": "assistant", "content": next(streams[name])}
-                except StopIteration:
-                    del streams[name]
-                seconds[name] += time.perf_counter() - t0
-            yield histories["original"], histories["pruned"], "", "Generating ..."
-    parts = []
-    for name in models:
-        text = histories[name][-1]["content"]
-        if text == "…":
-            histories[name][-1] = {"role": "assistant", "content": "*(no text: the model stopped at once)*"}
-            text = ""
-        tokens = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-        parts.append(f"{name}: {tokens} tokens in {seconds[name]:.1f} s")
-    yield histories["original"], histories["pruned"], "", "Done · " + " · ".join(parts)
-
-
-def clear_chat():
-    return [], [], ""

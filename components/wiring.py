@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import (compare_panel, context, export_panel, model_card, plan_events, prune_panel, score_panel, sources,
+from . import (chat, compare_panel, context, export_panel, model_card, plan_events, prune_panel, score_panel, sources,
                tune_panel)
 from .jobs import precheck
 from .session import StudioSession
@@ -163,10 +163,10 @@ def wire_compare(ui: Ui) -> None:
     chat_inputs = [ui.session, c.prompt, c.max_new, c.temperature, c.gen_seed, c.chat_original, c.chat_pruned]
     chat_outputs = [c.chat_original, c.chat_pruned, c.prompt, c.chat_info]
     for trigger, api in ((c.send.click, dict(api_name="chat")), (c.prompt.submit, dict(api_visibility="private"))):
-        trigger(compare_panel.check_chat, [ui.session, c.prompt], None, trigger_mode="multiple", concurrency_limit=None,
+        trigger(chat.check_chat, [ui.session, c.prompt], None, trigger_mode="multiple", concurrency_limit=None,
                 show_progress="hidden", api_visibility="private").success(
-            compare_panel.chat, chat_inputs, chat_outputs, concurrency_limit=None, show_progress="hidden", **api)
-    c.clear.click(compare_panel.clear_chat, None, [c.chat_original, c.chat_pruned, c.chat_info], queue=False,
+            chat.chat, chat_inputs, chat_outputs, concurrency_limit=None, show_progress="hidden", **api)
+    c.clear.click(chat.clear_chat, None, [c.chat_original, c.chat_pruned, c.chat_info], queue=False,
                   api_visibility="private")
     for button, fn, inputs, name in ((c.ppl_run, compare_panel.run_perplexity, [c.ppl_source, c.ppl_windows],
                                       "perplexity"),

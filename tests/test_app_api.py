@@ -4,6 +4,7 @@ second click while a job runs), per-session isolation and the cleanup of idle se
 import json
 import math
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -88,6 +89,8 @@ def test_full_flow(served, tmp_path):
     original, pruned, prompt, info = client.predict("What is the capital of France?", 12, 0.0, 0, [], [],
                                                     api_name="/chat")
     assert info.startswith("Done") and "pruned:" in info
+    new_tokens = [int(n) for n in re.findall(r"(\d+) new tokens", info)]
+    assert len(new_tokens) == 2 and all(0 < n <= 12 for n in new_tokens)  # generated tokens, not re-tokenized text
     assert original[-1]["role"] == "assistant" and "Paris" in str(original[-1]["content"])
     assert pruned[-1]["role"] == "assistant" and prompt == ""
 

@@ -10,7 +10,7 @@ import pytest
 from bip_core.errors import ModelSpecError
 from bip_core.loading import LoadedModel, random_model
 from bip_core.tiny_configs import tiny_config
-from components import heatmaps, jobs, status_bar, tune_panel, wiring
+from components import chat, heatmaps, jobs, status_bar, tune_panel, wiring
 from components.model_store import ModelStore
 from components.session import SessionClosed, SessionRegistry, StudioSession
 from components.settings import Settings, from_env, parse_count
@@ -235,3 +235,17 @@ def test_views_of_a_session_without_scores():
     assert "No scores" in figure.layout.annotations[0].text
     choices, chart, info, scores_file, bias = wiring.after_score(session)
     assert info is None and scores_file is None and "No scores" in chart.layout.annotations[0].text
+
+
+def test_chat_history_is_trimmed_to_the_context(tokenizer):
+    from bip_core.generation import build_prompt_ids
+
+    long = "pruning " * 5000  # two such prompts: about 10k tokens, as in the issue
+    history = [{"role": "user", "content": long}, {"role": "assistant", "content": "Noted."}] * 2
+    history.append({"role": "user", "content": "What is the capital of France?"})
+    sent, dropped = chat.fit_context(tokenizer, history, 8192, 64)
+    assert dropped == 1 and sent == history[2:]
+    assert build_prompt_ids(tokenizer, sent)[0].shape[1] <= 8192 - 64 < build_prompt_ids(tokenizer, history)[0].shape[1]
+    assert chat.fit_context(tokenizer, history[-1:], 8192, 64) == (history[-1:], 0)
+    with pytest.raises(gr.Error, match="Shorten the prompt"):
+        chat.fit_context(tokenizer, [{"role": "user", "content": long}], 2048, 64)
