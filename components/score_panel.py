@@ -70,8 +70,30 @@ def scores_info(scores) -> dict | None:
         "mlp_channels_per_layer": [len(layer["mlp"]) for layer in scores.layers],
         "source": meta.get("source"), "samples": meta.get("samples"), "seq_len": meta.get("seq_len"),
         "seed": meta.get("seed"), "seconds": meta.get("seconds"),
-        "peak_memory_mb": round(meta["peak_memory_bytes"] / 2**20, 1) if meta.get("peak_memory_bytes") else None,
+        **memory_fields(meta),
     }
+
+
+def memory_fields(meta: dict) -> dict:
+    """The job's own memory (its peak above what the process held when it started) and, labelled as such,
+    the whole server process's peak, which includes the weights and every other session's models."""
+    peak, start = meta.get("peak_memory_bytes"), meta.get("memory_at_start_bytes")
+    if not peak:
+        return {}
+    fields = {"process_peak_memory_mb": round(peak / 2**20, 1), "memory_kind": meta.get("peak_memory_kind")}
+    if start is not None:
+        fields["job_memory_mb"] = round(max(peak - start, 0) / 2**20, 1)
+    return fields
+
+
+def memory_note(meta: dict) -> str:
+    fields = memory_fields(meta)
+    if "job_memory_mb" in fields:
+        return (f"job memory +{fields['job_memory_mb']:.0f} MiB (peak above the start; the server process peaked "
+                f"at {fields['process_peak_memory_mb']:.0f} MiB, all sessions and weights included)")
+    if fields:
+        return f"server process peak {fields['process_peak_memory_mb']:.0f} MiB (all sessions and weights included)"
+    return ""
 
 
 def build():
@@ -150,8 +172,8 @@ def run_score(session, method, source, samples, seq_len, unit, seed, request: gr
     session.active = label
     meta = scores.meta
     took = f"{meta.get('seconds', 0):.1f} s"
-    if meta.get("peak_memory_bytes"):
-        took += f", peak memory {meta['peak_memory_bytes'] / 2**20:.0f} MiB"
+    if memory_note(meta):
+        took += ", " + memory_note(meta)
     msg = f"**{label}** scored in {took}. Kept for comparison: {len(session.scores)} run(s)."
     return msg, status_bar.render(session), scores_info(scores), save_scores(session)
 

@@ -10,7 +10,7 @@ import pytest
 from bip_core.errors import ModelSpecError
 from bip_core.loading import LoadedModel, random_model
 from bip_core.tiny_configs import tiny_config
-from components import chat, heatmaps, jobs, status_bar, tune_panel, wiring
+from components import chat, heatmaps, jobs, score_panel, status_bar, tune_panel, wiring
 from components.model_store import ModelStore
 from components.session import SessionClosed, SessionRegistry, StudioSession
 from components.settings import Settings, from_env, parse_count
@@ -249,3 +249,16 @@ def test_chat_history_is_trimmed_to_the_context(tokenizer):
     assert chat.fit_context(tokenizer, history[-1:], 8192, 64) == (history[-1:], 0)
     with pytest.raises(gr.Error, match="Shorten the prompt"):
         chat.fit_context(tokenizer, [{"role": "user", "content": long}], 2048, 64)
+
+
+def test_memory_is_the_jobs_own_or_labelled_as_the_process():
+    """The server process's peak includes other sessions' models (it grew from 1641 to 4786 MiB for similar
+    jobs); the job's own is its peak above the start."""
+    meta = {"peak_memory_bytes": 4786 * 2**20, "memory_at_start_bytes": 4500 * 2**20,
+            "peak_memory_kind": "peak resident set of the process"}
+    fields = score_panel.memory_fields(meta)
+    assert fields["job_memory_mb"] == 286 and fields["process_peak_memory_mb"] == 4786
+    note = score_panel.memory_note(meta)
+    assert note.startswith("job memory +286 MiB") and "all sessions" in note
+    assert "all sessions" in score_panel.memory_note({"peak_memory_bytes": 2**30})
+    assert score_panel.memory_note({}) == ""
