@@ -15,6 +15,7 @@ from .context import attach, studio
 from .jobs import cancellable, heavy, require_model, ui_errors
 
 RESULT_HEADERS = ["model", "measurement", "value", "details"]
+RESULT_WIDTHS = ["24%", "26%", "10%", "40%"]  # the long 'details' wraps inside the table's width
 ORIGINAL = "original"
 NO_PRUNED = "*No pruned model yet: prune one in step 3 to compare.*"
 
@@ -81,7 +82,7 @@ def build():
     status = gr.Markdown("", label="message", elem_classes=["bip-status"], min_height=56,
                          elem_id="bip-compare-status")
     table = gr.Dataframe(headers=RESULT_HEADERS, value=[], interactive=False, wrap=True, label="Results",
-                         elem_id="bip-results")
+                         column_widths=RESULT_WIDTHS, elem_id="bip-results")
     with gr.Row():
         ppl_plot = gr.Plot(charts.perplexity_chart([]), label="perplexity chart", show_label=False)
         zs_plot = gr.Plot(charts.zeroshot_chart([]), label="zero-shot chart", show_label=False)

@@ -192,4 +192,5 @@ def lipschitz_figure(session):
     scores = session.active_scores
     if scores is None:
         return heatmaps.empty_figure("No scores yet.", height=240)
-    return heatmaps.lipschitz_chart(scores)
+    method = scores.meta.get("method")
+    return heatmaps.lipschitz_chart(scores, METHOD_LABELS.get(method, method))

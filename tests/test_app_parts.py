@@ -211,7 +211,18 @@ def test_lipschitz_chart_explains_missing_values():
         layer.pop("lipschitz")
         layer.pop("lipschitz_estimate")
     d["meta"]["method"] = "flap"
-    assert "flap has no Lipschitz factor" in heatmaps.lipschitz_chart(d).layout.annotations[0].text
+    assert "FLAP has no Lipschitz factor" in heatmaps.lipschitz_chart(d, "FLAP").layout.annotations[0].text
+
+
+def test_attention_factor_chart_axes():
+    """A log axis with plotly's own ticks showed a lone '2' for 20; the layer axis ran to 30 for layers 0-29."""
+    d = fake_scores(layers=30)
+    for i, layer in enumerate(d["layers"]):
+        layer["lipschitz"] = 0.5 + (36 if i == 0 else i % 3)
+        layer["unit_gain"] = [1.0, 8.0 if i == 0 else 1.2]
+    chart = heatmaps.lipschitz_chart(d)
+    assert list(chart.layout.yaxis.ticktext) == ["1", "2", "5", "10", "20", "50"]
+    assert chart.layout.xaxis.range[0] < 0 and 29 < chart.layout.xaxis.range[1] < 30
 
 
 def test_readout_and_status_strip():
