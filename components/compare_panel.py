@@ -1,5 +1,4 @@
 """Step 4: the original and the pruned model side by side: chat, quick perplexity, zero-shot, speed."""
-import threading
 import time
 from types import SimpleNamespace
 
@@ -18,21 +17,6 @@ RESULT_HEADERS = ["model", "measurement", "value", "details"]
 RESULT_WIDTHS = ["24%", "26%", "10%", "40%"]  # the long 'details' wraps inside the table's width
 ORIGINAL = "original"
 NO_PRUNED = "*No pruned model yet: prune one in step 3 to compare.*"
-
-# Measurements of a shared original model are the same for every session: computed once.
-_original_results: dict = {}
-_original_lock = threading.Lock()
-
-
-def _cached_original(key, compute):
-    with _original_lock:
-        if key in _original_results:
-            return _original_results[key]
-    value = compute()
-    with _original_lock:
-        _original_results[key] = value
-    return value
-
 
 def build():
     st = studio()
@@ -121,12 +105,6 @@ def results_view(session):
             charts.zeroshot_chart(rows), charts.speed_chart(rows))
 
 
-def _add(session, rows: list[dict]) -> None:
-    """Add rows; a re-run of the same measurement on the same model replaces the older row."""
-    keys = {(r["model"], r["metric"]) for r in rows}
-    session.results = [r for r in session.results if (r["model"], r["metric"]) not in keys] + rows
-
-
 def _models(session):
     loaded = require_model(session)
     models = [(ORIGINAL, loaded.model)]
@@ -156,12 +134,12 @@ def run_perplexity(session, source, windows, request: gr.Request, progress=gr.Pr
             desc = f"Perplexity of the {name.split(':')[0]} model"
             compute = lambda m=model, d=desc: perplexity(m, loaded.tokenizer, source=source, windows=windows,  # noqa: E731
                                                          progress=_reporter(session, progress, d))
-            r = _cached_original(("ppl", loaded.spec, source, windows), compute) if name == ORIGINAL else compute()
+            r = studio().original_results.get(loaded.spec, ("ppl", source, windows), compute) if name == ORIGINAL else compute()
             rows.append({"model": name, "kind": "perplexity", "value": r["ppl"],
                          "metric": f"perplexity {r['dataset']} {r['split']} ({r['windows']} x {r['seq_len']})",
                          "detail": f"{r['dataset']} {r['split']}, {r['windows']} windows x {r['seq_len']} tokens, "
                                    f"{r['tokens']} scored tokens, {r['seconds']:.1f} s"})
-    _add(session, rows)
+    session.add_results(rows)
     msg = " · ".join(f"**{r['model']}**: PPL {r['value']:.2f}" for r in rows)
     if len(models) == 1:
         msg += " — " + NO_PRUNED
@@ -183,7 +161,7 @@ def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progres
             session.check_open()
             progress(k / len(models), desc=f"Zero-shot: {name.split(':')[0]} model on {len(tasks)} task(s) ...")
             compute = lambda m=model: zeroshot(m, loaded.tokenizer, tasks=list(tasks), limit=limit)  # noqa: E731
-            r = _cached_original(("zs", loaded.spec, tuple(sorted(tasks)), limit), compute) if name == ORIGINAL \
+            r = studio().original_results.get(loaded.spec, ("zs", tuple(sorted(tasks)), limit), compute) if name == ORIGINAL \
                 else compute()
             for task, e in r["tasks"].items():
                 rows.append({"model": name, "kind": "zero-shot", "metric": task.removeprefix("bb_"),
@@ -191,7 +169,7 @@ def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progres
                              "detail": f"{e['metric']}, {e.get('n')} questions"
                                        + (f", ± {e['stderr']:.1%}" if e.get("stderr") else "")
                                        + (f", chance {e['chance']:.1%}" if e.get("chance") is not None else "")})
-    _add(session, rows)
+    session.add_results(rows)
     return (f"Zero-shot done on {len(tasks)} task(s), {limit} questions each.", *results_view(session))
 
 
@@ -208,7 +186,7 @@ def run_speed(session, batches, request: gr.Request, progress=gr.Progress()):
             r = measure_speed(model, loaded.tokenizer, batch_sizes=batch_sizes, new_tokens=16, repeats=2,
                               progress=_reporter(session, progress, f"Speed of the {name.split(':')[0]} model"))
             rows += speed_rows(name, r)
-    _add(session, rows)
+    session.add_results(rows)
     return ("Speed measured (median of 2 runs, 128-token prompt, 16 new tokens).", *results_view(session))
 
 

@@ -168,13 +168,14 @@ def run_score(session, method, source, samples, seq_len, unit, seed, request: gr
                                seq_len=int(seq_len), seed=int(seed or 0), unit=unit, progress=cancellable(session, report),
                                model_name=loaded.spec, **options)
     label = scores_label(scores.meta)
-    session.scores[label] = scores
-    session.active = label
+    dropped = session.add_scores(label, scores)
     meta = scores.meta
     took = f"{meta.get('seconds', 0):.1f} s"
     if memory_note(meta):
         took += ", " + memory_note(meta)
     msg = f"**{label}** scored in {took}. Kept for comparison: {len(session.scores)} run(s)."
+    if dropped:
+        msg += f" Dropped the oldest to keep at most {len(session.scores)}: {', '.join(dropped)}."
     return msg, status_bar.render(session), scores_info(scores), save_scores(session)
 
 

@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 
+MAX_SCORE_RUNS = 8  # scores runs kept for comparison; the oldest inactive one goes first
+MAX_RESULT_ROWS = 200  # measurement rows kept in the Compare tab; the oldest go first
+
+
 class SessionClosed(Exception):
     """The session's tab was closed while its job ran: the job is cancelled."""
 
@@ -56,8 +60,7 @@ class StudioSession:
         self.plan_settings: dict = {}
         self.editor_spec: dict | None = None  # what the per-layer sliders show (plan_events.edit_layers)
         self.drop_pruned()
-        self.results: list[dict] = []  # measurements shown in the Compare tab
-        self.original_cache: dict = {}  # measurements of the original, reused across prunes
+        self.results: list[dict] = []  # measurements shown in the Compare tab (at most MAX_RESULT_ROWS)
 
     def drop_pruned(self) -> None:
         self.pruned = None
@@ -65,6 +68,23 @@ class StudioSession:
         self.pruned_summary: dict | None = None
         self.pruned_label: str | None = None
         self.chat_history: dict = {"original": [], "pruned": []}
+
+    def add_scores(self, label: str, scores) -> list[str]:
+        """Keep a scores run and make it the active one; returns the labels of runs dropped to stay within
+        MAX_SCORE_RUNS (the oldest inactive ones)."""
+        self.scores.pop(label, None)
+        self.scores[label] = scores
+        self.active = label
+        dropped = [old for old in list(self.scores)[:-1]][:max(0, len(self.scores) - MAX_SCORE_RUNS)]
+        for old in dropped:
+            del self.scores[old]
+        return dropped
+
+    def add_results(self, rows: list[dict]) -> None:
+        """Add measurement rows; a re-run of the same measurement on the same model replaces the older row."""
+        keys = {(r["model"], r["metric"]) for r in rows}
+        kept = [r for r in self.results if (r["model"], r["metric"]) not in keys] + rows
+        self.results = kept[-MAX_RESULT_ROWS:]
 
     @property
     def active_scores(self):

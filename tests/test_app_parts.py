@@ -273,3 +273,36 @@ def test_memory_is_the_jobs_own_or_labelled_as_the_process():
     assert note.startswith("job memory +286 MiB") and "all sessions" in note
     assert "all sessions" in score_panel.memory_note({"peak_memory_bytes": 2**30})
     assert score_panel.memory_note({}) == ""
+
+
+def test_original_results_are_bounded_and_go_with_their_model():
+    from components.original_results import OriginalResults
+
+    results = OriginalResults(keep=3)
+    store = ModelStore(settings(), keep=1, loader=lambda spec: LoadedModel(random_model(tiny_config("llama")), None,
+                                                                          spec, None, "llama"))
+    store.on_evict(results.drop)
+    calls = []
+    store.get("a")
+    assert results.get("a", ("ppl", 4), lambda: calls.append(1) or 26.5) == 26.5
+    assert results.get("a", ("ppl", 4), lambda: calls.append(1) or 0.0) == 26.5 and len(calls) == 1  # once
+    store.get("b")  # the store keeps one model: "a" is evicted, and its measurements with it
+    assert len(results) == 0
+    assert results.get("a", ("ppl", 4), lambda: 27.0) == 27.0
+    for k in range(5):
+        results.get("b", ("zs", k), lambda: k)
+    assert len(results) == 3
+
+
+def test_session_caches_are_bounded():
+    from components.session import MAX_RESULT_ROWS, MAX_SCORE_RUNS
+
+    session = StudioSession()
+    for k in range(MAX_SCORE_RUNS + 2):
+        dropped = session.add_scores(f"run {k}", object())
+    assert dropped == ["run 1"] and len(session.scores) == MAX_SCORE_RUNS and session.active == f"run {k}"
+    assert "run 0" not in session.scores
+    for k in range(MAX_RESULT_ROWS + 5):
+        session.add_results([{"model": f"pruned #{k}", "metric": "ppl", "value": k}])
+    session.add_results([{"model": f"pruned #{k}", "metric": "ppl", "value": -1}])  # a re-run replaces its row
+    assert len(session.results) == MAX_RESULT_ROWS and session.results[-1]["value"] == -1
