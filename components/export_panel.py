@@ -43,7 +43,8 @@ def _slug(text: str) -> str:
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+    """In the units of Gradio's file widget next to it (it divides by 1024 and writes 'MB')."""
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
 
 
 @ui_errors

@@ -131,6 +131,14 @@ def friendly(err: BaseException) -> gr.Error:
                     "the details are in the server log.", title="Unexpected error")
 
 
+def _shown(err: BaseException, args) -> gr.Error:
+    """The readable error, remembered by the session (the handlers' first argument) for its status line."""
+    shown = friendly(err)
+    if args and hasattr(args[0], "last_error"):
+        args[0].last_error = shown.message
+    return shown
+
+
 def ui_errors(fn):
     """Decorator for handlers: any exception becomes a gr.Error with a readable message."""
     if inspect.isgeneratorfunction(fn):
@@ -139,7 +147,7 @@ def ui_errors(fn):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 -- every error is shown, none is a dead page
-                raise friendly(err) from err
+                raise _shown(err, args) from err
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -147,8 +155,14 @@ def ui_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
-            raise friendly(err) from err
+            raise _shown(err, args) from err
     return wrapper
+
+
+def error_line(session) -> str:
+    """A failed job's status line: the reason stays there (the toast goes after a few seconds)."""
+    reason = getattr(session, "last_error", None) or "see the message above"
+    return f"**Not done:** {reason}"
 
 
 def require_model(session):

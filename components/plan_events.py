@@ -94,6 +94,21 @@ def replan(session, ratio, allocation, skip_first, skip_last, round_to, allow_em
     return _plan(session, settings, layer_ratios, order, overlay)
 
 
+def plan_only(session, ratio, allocation, skip_first=0, skip_last=0, round_to=1, allow_empty=False,
+              ratios_json="") -> dict:
+    """The plan without any view (for the lean API): applied or why not, the summary, per-layer ratios."""
+    settings = (ratio, allocation, skip_first, skip_last, round_to, allow_empty)
+    try:
+        layer_ratios = _manual_ratios(session, ratios_json) if allocation == "manual" else None
+        _make(session, *settings, layer_ratios)
+        applied, message = True, ""
+    except (BipError, gr.Error) as err:
+        applied, message = False, friendly(err).message
+    plan = session.plan
+    return {"applied": applied, "message": message, "allocation": _allocation(session, allocation),
+            "summary": session.plan_summary, "layer_ratios": plan.meta["layer_ratios"] if plan is not None else None}
+
+
 @ui_errors
 def apply_manual(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, ratios_json, order,
                  overlay, request: gr.Request):

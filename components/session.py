@@ -31,6 +31,7 @@ class StudioSession:
         self.lock = threading.Lock()
         self.busy: str | None = None
         self.closed = False  # closed while a job ran: the job stops at its next progress report
+        self.last_error: str | None = None  # the last handler error, for the failed step's status line
         self.session_hash: str | None = None
         self.last_used = time.time()
         self.expired = False
@@ -156,6 +157,10 @@ class SessionRegistry:
         with self._lock:
             session.session_hash = session_hash
             self._sessions[session_hash] = session
+
+    def get(self, session_hash: str | None) -> StudioSession | None:
+        with self._lock:
+            return self._sessions.get(session_hash) if session_hash else None
 
     def release(self, session_hash: str | None) -> None:
         with self._lock:

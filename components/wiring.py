@@ -12,9 +12,9 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import (chat, compare_panel, context, export_panel, model_card, plan_events, prune_panel, score_panel, sources,
+from . import (api_endpoints, chat, compare_panel, context, export_panel, model_card, plan_events, prune_panel, score_panel, sources,
                tune_panel)
-from .jobs import precheck
+from .jobs import error_line, precheck
 from .session import StudioSession
 
 HEAVY = dict(concurrency_limit=None, trigger_mode="once")  # jobs.heavy() enforces the real limit
@@ -60,7 +60,9 @@ def guarded(ui: Ui, button, fn, inputs, outputs, api_name, progress_on, needs=No
     """A heavy job behind a quick pre-check (not busy, prerequisites there)."""
     pre = button.click(functools.partial(precheck, needs=needs), [ui.session], None, trigger_mode="multiple",
                        concurrency_limit=None, show_progress="hidden", api_visibility="private")
-    return pre.success(fn, inputs, outputs, api_name=api_name, show_progress_on=[progress_on], **HEAVY, **extra)
+    job = pre.success(fn, inputs, outputs, api_name=api_name, show_progress_on=[progress_on], **HEAVY, **extra)
+    job.failure(error_line, [ui.session], [progress_on], **LIGHT)  # the reason stays on the status line
+    return job
 
 
 def after_score(session):
@@ -194,4 +196,5 @@ def wire_session_end(demo: gr.Blocks) -> None:
 def wire(demo: gr.Blocks, ui: Ui) -> None:
     for wire_tab in (wire_model, wire_score, wire_tune, wire_prune, wire_compare, wire_export):
         wire_tab(ui)
+    api_endpoints.wire()
     wire_session_end(demo)

@@ -20,7 +20,7 @@ from gradio_client.utils import Status  # noqa: E402
 pytestmark = pytest.mark.slow
 
 PUBLIC_ENDPOINTS = {"/load_model", "/calibration_text", "/score", "/make_plan", "/plan_file", "/prune", "/chat", "/perplexity",
-                    "/zeroshot", "/speed", "/export"}
+                    "/zeroshot", "/speed", "/export", "/plan", "/select_scores"}
 PLAN_DEFAULTS = dict(skip_first=0, skip_last=0, round_to="1", allow_empty=False, ratios_json="", order="sorted",
                      overlay=True)
 
@@ -235,3 +235,28 @@ def test_own_calibration_text(served, tmp_path):
     big.write_text("word " * 500_000)
     with pytest.raises(Exception, match="larger than the limit"):
         client.predict(handle_file(str(big)), "", api_name="/calibration_text")
+
+
+def test_lean_plan_and_switching_scores_runs(served):
+    """Scripts get a plan without the ~170 KB heatmap, and can switch the active scores run."""
+    url, _ = served
+    client = _client(url)
+    with pytest.raises(Exception, match="load_model"):
+        _client(url).predict(0.2, api_name="/plan")
+    _load_and_score(client)
+    client.predict(method="magnitude", samples=8, seq_len="64", api_name="/score")
+    result = client.predict(ratio=0.3, allocation="global", api_name="/plan")
+    assert result["applied"] and result["summary"]["removed_attention_mlp"] == pytest.approx(0.3, abs=0.01)
+    assert len(json.dumps(result)) < 20_000 and len(result["layer_ratios"]) == 30
+    assert result["summary"]["scores_label"].startswith("Magnitude")
+    runs = client.predict(api_name="/select_scores")
+    assert runs["active"].startswith("Magnitude") and len(runs["runs"]) == 2
+    bip = next(r for r in runs["runs"] if r.startswith("LLM-BIP"))
+    assert client.predict(bip, api_name="/select_scores")["scores"]["method"] == "bip"
+    result = client.predict(ratio=0.3, allocation="global", api_name="/plan")
+    assert result["summary"]["scores_label"] == bip
+    refused = client.predict(ratio=0.9, allocation="uniform", skip_first=8, skip_last=8, api_name="/plan")
+    assert not refused["applied"] and "impossible" in refused["message"]
+    assert refused["summary"] == result["summary"] and refused["allocation"] == "global"
+    with pytest.raises(Exception, match="No scores run 'nope'"):
+        client.predict("nope", api_name="/select_scores")
