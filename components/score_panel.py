@@ -109,7 +109,8 @@ def build():
             samples = gr.Slider(8, st.settings.max_samples, value=min(64, st.settings.max_samples), step=8,
                                 label="Samples", info="windows of calibration text", scale=3,
                                 elem_id="bip-samples")
-            seq_len = gr.Dropdown(SEQ_LENS, value="128", label="Tokens each", min_width=100, scale=1)
+            seq_len = gr.Dropdown(SEQ_LENS, value="128", label="Tokens each", min_width=100, scale=1,
+                                  elem_id="bip-seq-len")
         with gr.Accordion("Options", open=False):
             options = []
             for m, key, choices, default in option_specs():

@@ -23,7 +23,7 @@ CUSTOM_LABEL = "your own text (upload or paste it below)"
 
 def build():
     with gr.Accordion("Your own calibration text", open=False, elem_id="bip-own-text"):
-        upload = gr.File(label="Upload a UTF-8 .txt file", file_types=[".txt"], type="filepath", height=90)
+        upload = gr.File(label="Upload a UTF-8 .txt file", file_types=[".txt"], type="filepath", height=140)
         pasted = gr.Textbox(label="or paste text", lines=3, max_lines=8, placeholder="Documents separated by "
                             "blank lines. A few hundred KB of text like your use case is plenty.",
                             elem_id="bip-own-text-box")

@@ -96,7 +96,7 @@ def build_controls():
             presets = [gr.Button(name, size="sm", variant="secondary", min_width=120) for name in PRESETS]
         ratio = gr.Slider(0, 0.9, value=0.2, step=0.01, label="Ratio", elem_id="bip-ratio",
                           info="share of attention + MLP parameters to remove")
-        allocation = gr.Radio([(ALLOCATION_LABELS.get(a, a), a) for a in ALLOCATIONS], value="uniform",
+        allocation = gr.Radio([(ALLOCATION_LABELS.get(a, a), a) for a in ALLOCATIONS], value="uniform", elem_id="bip-allocation",
                               label="Allocation across layers")
         with gr.Row():
             skip_first = gr.Slider(0, 8, value=0, step=1, label="Skip first layers", elem_id="bip-skip-first")
@@ -180,6 +180,14 @@ def save_plan(session):
     return str(path)
 
 
+def _editor_header(spec, extra_class: str) -> None:
+    with gr.Row(elem_classes=["bip-layer-row", "bip-layer-head", extra_class], equal_height=True):
+        gr.HTML('<div class="bip-layer-name">layer</div>', elem_classes=["bip-layer-cell"], padding=False)
+        gr.HTML(f"<div>{spec['unit']}s removed (of {max(spec['units'])})</div>", scale=2, min_width=120,
+                padding=False)
+        gr.HTML("<div>MLP channels removed (%)</div>", scale=3, min_width=160, padding=False)
+
+
 def render_editor(spec, on_edit):
     """Body of the per-layer editor (called inside @gr.render): two sliders per layer.
 
@@ -191,12 +199,9 @@ def render_editor(spec, on_edit):
                 "Moving one switches the allocation to *manual* and recomputes the plan at once.",
                 elem_classes=["bip-small"])
     sliders = []
-    with gr.Row(elem_classes=["bip-layer-row", "bip-layer-head"], equal_height=True):
-        gr.HTML('<div class="bip-layer-name">layer</div>', elem_classes=["bip-layer-cell"], padding=False)
-        gr.HTML(f"<div>{spec['unit']}s removed (of {max(spec['units'])})</div>", scale=2, min_width=120,
-                padding=False)
-        gr.HTML("<div>MLP channels removed (%)</div>", scale=3, min_width=160, padding=False)
-    with gr.Column(elem_classes=["bip-layer-grid"]):
+    with gr.Column(elem_classes=["bip-layer-grid"]):  # two layers per row on wide screens (assets/style.css)
+        for extra in ("", "bip-layer-head-extra"):
+            _editor_header(spec, extra)
         for i, (units, a, m) in enumerate(zip(spec["units"], spec["att"], spec["mlp"])):
             with gr.Row(elem_classes=["bip-layer-row"], equal_height=True):
                 gr.HTML(f'<div class="bip-layer-name">layer {i}</div>', elem_classes=["bip-layer-cell"],
