@@ -4,7 +4,8 @@ turned into readable messages (never a stack trace in the page).
 - A second click while the session's job runs is answered at once with "... is still running".
 - Jobs of different sessions wait for a free slot (BIP_CONCURRENCY); the progress bar says so.
 - A job that uses a shared original model holds that model's lock: scoring puts hooks on it, and
-  hooks would also fire on another session's forward pass.
+  hooks would also fire on another session's forward pass. The locks are plain (not thread-owned)
+  locks: Gradio may resume a streaming job (chat) on another worker thread than the one it started on.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .session import SessionClosed
 log = logging.getLogger("bip_studio")
 
 _slots: threading.BoundedSemaphore | None = None
-_model_locks: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_model_locks: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
 
 
@@ -33,12 +34,18 @@ def configure(concurrency: int) -> None:
     _slots = threading.BoundedSemaphore(max(1, int(concurrency)))
 
 
-def model_lock(model) -> threading.RLock:
+def model_lock(model) -> threading.Lock:
     with _model_locks_guard:
         lock = _model_locks.get(model)
         if lock is None:
-            lock = _model_locks[model] = threading.RLock()
+            lock = _model_locks[model] = threading.Lock()
         return lock
+
+
+def _acquire(lock, session) -> None:
+    """Wait for `lock` (a slot or a model), giving up if the session's tab closes meanwhile."""
+    while not lock.acquire(timeout=0.25):
+        session.check_open()
 
 
 def busy_message(what: str) -> str:
@@ -72,14 +79,14 @@ def heavy(session, what: str, progress=None, originals=()):
         if not slots.acquire(blocking=False):
             if progress is not None:
                 progress(0, desc=f"{what}: waiting for another user's job to finish ...")
-            while not slots.acquire(timeout=0.25):
-                session.check_open()  # a closed tab stops waiting
+            _acquire(slots, session)  # a closed tab stops waiting
         try:
             session.check_open()
-            locks = [model_lock(m) for m in originals if m is not None]
-            for lock in locks:
-                lock.acquire()
+            locks = []
             try:
+                for lock in [model_lock(m) for m in originals if m is not None]:
+                    _acquire(lock, session)
+                    locks.append(lock)
                 yield
             finally:
                 for lock in reversed(locks):

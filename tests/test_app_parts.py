@@ -306,3 +306,28 @@ def test_session_caches_are_bounded():
         session.add_results([{"model": f"pruned #{k}", "metric": "ppl", "value": k}])
     session.add_results([{"model": f"pruned #{k}", "metric": "ppl", "value": -1}])  # a re-run replaces its row
     assert len(session.results) == MAX_RESULT_ROWS and session.results[-1]["value"] == -1
+
+
+def test_a_streaming_job_may_resume_on_another_thread():
+    """Gradio resumes a generator (the chat) on any worker thread: the job's locks must still be released
+    (a thread-owned lock raised 'cannot release un-acquired lock' at the end of a chat)."""
+    class Model:  # a weak-referenceable stand-in for a shared original
+        pass
+
+    jobs.configure(1)
+    session, model, errors, acquired = StudioSession(), Model(), [], []
+
+    def stream():
+        with jobs.heavy(session, "Generation", originals=[model]):
+            yield 1
+            yield 2
+
+    generator = stream()
+    next(generator)  # started on this thread ...
+    resume = threading.Thread(target=lambda: errors.extend([] if list(generator) == [2] else ["lost"]))
+    resume.start()  # ... finished on another one
+    resume.join(5)
+    other = threading.Thread(target=lambda: acquired.append(jobs.model_lock(model).acquire(timeout=2)))
+    other.start()
+    other.join(5)
+    assert errors == [] and acquired == [True] and session.busy is None
