@@ -21,6 +21,7 @@ from components.settings import Settings, from_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CSS_PATH = ROOT / "assets" / "style.css"
+JS_PATH = ROOT / "assets" / "chat_scroll.js"
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 
@@ -68,7 +69,8 @@ def serve(demo: gr.Blocks, settings: Settings | None = None, **overrides):
     context.studio().registry.start_sweeper()
     demo.queue(default_concurrency_limit=4, max_size=64)
     options = dict(server_name=settings.host, server_port=settings.port, share=False, theme=theme(),
-                   css_paths=[CSS_PATH], show_error=False, footer_links=["api", "settings"])
+                   css_paths=[CSS_PATH], js=JS_PATH.read_text(), show_error=False,
+                   footer_links=["api", "settings"])
     options.update(overrides)
     return demo.launch(**options)
 

@@ -5,17 +5,48 @@ model's context: the oldest exchanges are left out until the chat template's tok
 tokens fit, and the info line says so. Token counts are the generated tokens, not re-tokenized text.
 """
 import time
+from types import SimpleNamespace
 
 import gradio as gr
 
 from bip_core.generation import build_prompt_ids, stream_generate_stats
 
+from . import texts
 from .context import attach
 from .jobs import check_idle, heavy, precheck, require_model, ui_errors
 
 EMPTY_PROMPT = "Type a prompt first, then press Send."
 NO_PRUNED = "*No pruned model yet: prune one in step 3 to compare.*"
 WAITING = "…"
+
+
+def build():
+    """The chat panes, prompt row, info line and generation settings (in the Compare tab)."""
+    with gr.Accordion("Chat with both models", open=True):
+        gr.Markdown(texts.CHAT, elem_classes=["bip-teach", "bip-small"])
+        with gr.Row(equal_height=True):
+            chat_original = gr.Chatbot(label="Original", height=340, elem_id="bip-chat-original",
+                                       placeholder="The original model answers here.", buttons=["copy"],
+                                       feedback_options=None)
+            chat_pruned = gr.Chatbot(label="Pruned", height=340, elem_id="bip-chat-pruned",
+                                     placeholder="The pruned model answers here.", buttons=["copy"],
+                                     feedback_options=None)
+        with gr.Row(equal_height=True):
+            prompt = gr.Textbox(placeholder="Ask both models something, e.g. 'What is the capital of France?'",
+                                label="prompt", show_label=False, scale=6, lines=1, max_lines=4,
+                                elem_id="bip-prompt")
+            send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="bip-send")
+            clear = gr.Button("Clear", scale=1, min_width=80)
+        chat_info = gr.Markdown("", label="info", elem_classes=["bip-small"], elem_id="bip-chat-info")
+        with gr.Accordion("Generation settings", open=False):
+            with gr.Row():
+                max_new = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
+                temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature",
+                                        info="0 = greedy (deterministic)")
+                gen_seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+    return SimpleNamespace(chat_original=chat_original, chat_pruned=chat_pruned, prompt=prompt, send=send,
+                           clear=clear, chat_info=chat_info, max_new=max_new, temperature=temperature,
+                           gen_seed=gen_seed)
 
 
 def check_chat(session, prompt):

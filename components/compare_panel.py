@@ -1,5 +1,4 @@
 """Step 4: the original and the pruned model side by side: chat, quick perplexity, zero-shot, speed."""
-import time
 from types import SimpleNamespace
 
 import gradio as gr
@@ -9,7 +8,7 @@ from bip_core.perplexity import perplexity
 from bip_core.speed import measure_speed
 from bip_core.zeroshot import OFFLINE_DEFAULT, zeroshot
 
-from . import charts, sources, texts
+from . import charts, chat, sources, texts
 from .context import attach, studio
 from .jobs import cancellable, heavy, require_model, ui_errors
 
@@ -20,28 +19,7 @@ NO_PRUNED = "*No pruned model yet: prune one in step 3 to compare.*"
 
 def build():
     st = studio()
-    with gr.Accordion("Chat with both models", open=True):
-        gr.Markdown(texts.CHAT, elem_classes=["bip-teach", "bip-small"])
-        with gr.Row(equal_height=True):
-            chat_original = gr.Chatbot(label="Original", height=340, elem_id="bip-chat-original",
-                                       placeholder="The original model answers here.", buttons=["copy"],
-                                       feedback_options=None)
-            chat_pruned = gr.Chatbot(label="Pruned", height=340, elem_id="bip-chat-pruned",
-                                     placeholder="The pruned model answers here.", buttons=["copy"],
-                                     feedback_options=None)
-        with gr.Row(equal_height=True):
-            prompt = gr.Textbox(placeholder="Ask both models something, e.g. 'What is the capital of France?'",
-                                label="prompt", show_label=False, scale=6, lines=1, max_lines=4,
-                                elem_id="bip-prompt")
-            send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="bip-send")
-            clear = gr.Button("Clear", scale=1, min_width=80)
-        chat_info = gr.Markdown("", label="info", elem_classes=["bip-small"], elem_id="bip-chat-info")
-        with gr.Accordion("Generation settings", open=False):
-            with gr.Row():
-                max_new = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
-                temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature",
-                                        info="0 = greedy (deterministic)")
-                gen_seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+    talk = chat.build()
     with gr.Row(equal_height=False):
         with gr.Group(elem_classes=["bip-box"]):
             gr.Markdown("### Perplexity", elem_classes=["bip-box-title"])
@@ -73,12 +51,10 @@ def build():
     speed_plot = gr.Plot(charts.speed_chart([]), label="speed chart", show_label=False)
     with gr.Accordion("How these are measured", open=False):
         gr.Markdown(texts.COMPARE, elem_classes=["bip-teach"])
-    return SimpleNamespace(chat_original=chat_original, chat_pruned=chat_pruned, prompt=prompt, send=send,
-                           chat_info=chat_info,
-                           clear=clear, max_new=max_new, temperature=temperature, gen_seed=gen_seed,
-                           ppl_source=ppl_source, ppl_windows=ppl_windows, ppl_run=ppl_run, zs_tasks=zs_tasks,
-                           zs_limit=zs_limit, zs_run=zs_run, speed_batches=speed_batches, speed_run=speed_run, status=status, table=table,
-                           ppl_plot=ppl_plot, zs_plot=zs_plot, speed_plot=speed_plot)
+    return SimpleNamespace(**vars(talk), ppl_source=ppl_source, ppl_windows=ppl_windows, ppl_run=ppl_run,
+                           zs_tasks=zs_tasks, zs_limit=zs_limit, zs_run=zs_run, speed_batches=speed_batches,
+                           speed_run=speed_run, status=status, table=table, ppl_plot=ppl_plot, zs_plot=zs_plot,
+                           speed_plot=speed_plot)
 
 
 # ------------------------------------------------------------------------------------- results
