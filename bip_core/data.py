@@ -6,6 +6,7 @@ Source names (the same in the CLI `--data`, the app and the Python API):
   ptb          online: Penn Treebank, text only (train/validation/test)
   c4           online: the first shard of allenai/c4 en (train/validation)
   file:PATH    a UTF-8 text file; documents separated by blank lines; the same text for every split
+               (`save_user_text` checks and stores a user's own text for it)
 
 Calibration draws N seeded windows of L tokens from the train split; perplexity uses the paper
 protocol (METHOD.md section 5): join the split's texts with "\\n\\n", tokenize once, cut into
@@ -13,6 +14,7 @@ non-overlapping windows of `seq_len` tokens, drop the remainder.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import weakref
 from collections import OrderedDict
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .bigbench_data import read_jsonl, wiki_dir
+from .atomic import write_text_atomic
 from .errors import DataError
 from .network import require_hub
 
@@ -89,6 +92,34 @@ def load_texts(source: str, split: str = "train") -> list[str]:
 MAX_STREAMS = 16  # token streams kept: (tokenizer, source, split) triples, least recently used dropped first
 _STREAMS: OrderedDict[tuple, tuple[weakref.ref, torch.Tensor]] = OrderedDict()
 _STREAMS_LOCK = threading.Lock()
+
+
+MAX_USER_TEXT_BYTES = 4 * 2**20
+
+
+def save_user_text(data: bytes | str, folder, max_bytes: int = MAX_USER_TEXT_BYTES) -> Path:
+    """Check a user's own calibration text and store it for the `file:PATH` source.
+
+    `data` is the text or the bytes of an uploaded file: it must be UTF-8, at most `max_bytes`, and hold
+    some text. It is written (line ends normalised) to `folder/calibration-<content hash>.txt`, so
+    different texts never share a cached token stream. Returns the path; use `f"file:{path}"`."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) > max_bytes:
+        raise DataError(f"The calibration text is larger than the limit of {max_bytes / 2**20:.1f} MiB. Use a "
+                        "shorter excerpt (a few hundred KB is plenty).")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"The calibration text is not UTF-8 (byte {err.start} cannot be read). Save it as "
+                        "UTF-8 plain text (.txt) and try again.") from err
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text or not text.strip():
+        raise DataError("The calibration text is empty or not plain text. Give some plain text: documents "
+                        "separated by blank lines.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"calibration-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]}.txt"
+    return write_text_atomic(path, text)
 
 
 def _tokenize(tokenizer, source: str, split: str) -> torch.Tensor:

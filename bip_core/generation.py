@@ -174,6 +174,18 @@ def stream_generate(model, tokenizer, prompt_or_messages, max_new_tokens: int = 
 stream_chat = stream_generate  # the name in docs/CONTRACTS.md
 
 
+def stream_generate_stats(model, tokenizer, prompt_or_messages, max_new_tokens: int = 64, temperature: float = 0.7,
+                          top_p: float = 0.9, seed: int = 0, top_k: int = 0, repetition_penalty: float = 1.0,
+                          chat_template: bool | None = None):
+    """Like `stream_generate`, but yields {text, new_tokens, prompt_tokens, seconds, tokens_per_second,
+    stop_reason, done} after every new token (token counts as generated, not re-tokenized text)."""
+    decoder, _ = _decoder(model, tokenizer, prompt_or_messages, max_new_tokens, temperature, top_p, top_k,
+                          repetition_penalty, seed, chat_template)
+    while not decoder.done:
+        decoder.step()
+        yield {**decoder.stats(), "done": decoder.done}
+
+
 def generate(model, tokenizer, prompt_or_messages, max_new_tokens: int = 64, temperature: float = 0.7,
              top_p: float = 0.9, seed: int = 0, top_k: int = 0, repetition_penalty: float = 1.0,
              chat_template: bool | None = None) -> dict:
@@ -208,5 +220,5 @@ def stream_side_by_side(models: dict, tokenizer, prompt_or_messages, max_new_tok
             return
 
 
-__all__ = ["stream_generate", "stream_chat", "generate", "stream_side_by_side", "build_prompt_ids", "cache_argument",
-           "has_chat_template", "next_token", "logits_processors"]
+__all__ = ["stream_generate", "stream_chat", "stream_generate_stats", "generate", "stream_side_by_side",
+           "build_prompt_ids", "cache_argument", "has_chat_template", "next_token", "logits_processors"]

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .architecture import family_of, linear_name, parse_linear_name
+from .architecture import linear_name, parse_linear_name
 from .errors import ExportError
 from .export import GENERATION_CONFIG_FILE, MAX_SHARD_BYTES, write_export
-from .modeling_bip_pruned import PRUNED_CLASSES
 from .plan import Plan
 from .skeleton import empty_model
 from .surgery import compensated, compensation_bias, compensation_inputs, kept_indices, pruned_tensor, \

@@ -1,68 +1,31 @@
 """Step 4: the original and the pruned model side by side: chat, quick perplexity, zero-shot, speed."""
-import threading
-import time
 from types import SimpleNamespace
 
 import gradio as gr
 
-from bip_core.data import SOURCES
 from bip_core.formatting import format_params
-from bip_core.generation import stream_generate
 from bip_core.offline_tasks import OFFLINE_TASKS
 from bip_core.perplexity import perplexity
 from bip_core.speed import measure_speed
 from bip_core.zeroshot import OFFLINE_DEFAULT, zeroshot
 
-from . import charts, texts
+from . import charts, chat, sources, texts
 from .context import attach, studio
-from .jobs import check_idle, heavy, precheck, require_model, ui_errors
+from .jobs import cancellable, heavy, require_model, ui_errors
 
 RESULT_HEADERS = ["model", "measurement", "value", "details"]
+RESULT_WIDTHS = ["24%", "26%", "10%", "40%"]  # the long 'details' wraps inside the table's width
 ORIGINAL = "original"
 NO_PRUNED = "*No pruned model yet: prune one in step 3 to compare.*"
 
-# Measurements of a shared original model are the same for every session: computed once.
-_original_results: dict = {}
-_original_lock = threading.Lock()
-
-
-def _cached_original(key, compute):
-    with _original_lock:
-        if key in _original_results:
-            return _original_results[key]
-    value = compute()
-    with _original_lock:
-        _original_results[key] = value
-    return value
-
-
 def build():
     st = studio()
-    with gr.Accordion("Chat with both models", open=True):
-        gr.Markdown(texts.CHAT, elem_classes=["bip-teach", "bip-small"])
-        with gr.Row(equal_height=True):
-            chat_original = gr.Chatbot(label="Original", height=340, elem_id="bip-chat-original",
-                                       placeholder="The original model answers here.", buttons=["copy"],
-                                       feedback_options=None)
-            chat_pruned = gr.Chatbot(label="Pruned", height=340, elem_id="bip-chat-pruned",
-                                     placeholder="The pruned model answers here.", buttons=["copy"],
-                                     feedback_options=None)
-        with gr.Row(equal_height=True):
-            prompt = gr.Textbox(placeholder="Ask both models something, e.g. 'What is the capital of France?'",
-                                show_label=False, scale=6, lines=1, max_lines=4, elem_id="bip-prompt")
-            send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="bip-send")
-            clear = gr.Button("Clear", scale=1, min_width=80)
-        chat_info = gr.Markdown("", elem_classes=["bip-small"], elem_id="bip-chat-info")
-        with gr.Accordion("Generation settings", open=False):
-            with gr.Row():
-                max_new = gr.Slider(8, 256, value=64, step=8, label="Max new tokens")
-                temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature",
-                                        info="0 = greedy (deterministic)")
-                gen_seed = gr.Number(0, precision=0, label="Seed", minimum=0)
+    talk = chat.build()
     with gr.Row(equal_height=False):
         with gr.Group(elem_classes=["bip-box"]):
             gr.Markdown("### Perplexity", elem_classes=["bip-box-title"])
-            ppl_source = gr.Dropdown(list(SOURCES), value="wiki-bb", label="Text")
+            ppl_source = gr.Dropdown(sources.builtin_choices(), value="wiki-bb", label="Text",
+                                     info="its test split (PTB: valid)")
             ppl_windows = gr.Slider(4, st.settings.max_windows, value=min(32, st.settings.max_windows), step=4,
                                     label="Windows of 128 tokens", info="more = slower, less noisy",
                                     elem_id="bip-ppl-windows")
@@ -79,21 +42,20 @@ def build():
                         elem_classes=["bip-small"])
             speed_batches = gr.Radio(["1", "1 and 8"], value="1", label="Batch sizes")
             speed_run = gr.Button("Measure speed", variant="primary", elem_id="bip-speed-btn")
-    status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-compare-status")
+    status = gr.Markdown("", label="message", elem_classes=["bip-status"], min_height=56,
+                         elem_id="bip-compare-status")
     table = gr.Dataframe(headers=RESULT_HEADERS, value=[], interactive=False, wrap=True, label="Results",
-                         elem_id="bip-results")
+                         column_widths=RESULT_WIDTHS, elem_id="bip-results")
     with gr.Row():
-        ppl_plot = gr.Plot(charts.perplexity_chart([]), show_label=False)
-        zs_plot = gr.Plot(charts.zeroshot_chart([]), show_label=False)
-    speed_plot = gr.Plot(charts.speed_chart([]), show_label=False)
+        ppl_plot = gr.Plot(charts.perplexity_chart([]), label="perplexity chart", show_label=False)
+        zs_plot = gr.Plot(charts.zeroshot_chart([]), label="zero-shot chart", show_label=False)
+    speed_plot = gr.Plot(charts.speed_chart([]), label="speed chart", show_label=False)
     with gr.Accordion("How these are measured", open=False):
         gr.Markdown(texts.COMPARE, elem_classes=["bip-teach"])
-    return SimpleNamespace(chat_original=chat_original, chat_pruned=chat_pruned, prompt=prompt, send=send,
-                           chat_info=chat_info,
-                           clear=clear, max_new=max_new, temperature=temperature, gen_seed=gen_seed,
-                           ppl_source=ppl_source, ppl_windows=ppl_windows, ppl_run=ppl_run, zs_tasks=zs_tasks,
-                           zs_limit=zs_limit, zs_run=zs_run, speed_batches=speed_batches, speed_run=speed_run, status=status, table=table,
-                           ppl_plot=ppl_plot, zs_plot=zs_plot, speed_plot=speed_plot)
+    return SimpleNamespace(**vars(talk), ppl_source=ppl_source, ppl_windows=ppl_windows, ppl_run=ppl_run,
+                           zs_tasks=zs_tasks, zs_limit=zs_limit, zs_run=zs_run, speed_batches=speed_batches,
+                           speed_run=speed_run, status=status, table=table, ppl_plot=ppl_plot, zs_plot=zs_plot,
+                           speed_plot=speed_plot)
 
 
 # ------------------------------------------------------------------------------------- results
@@ -120,12 +82,6 @@ def results_view(session):
             charts.zeroshot_chart(rows), charts.speed_chart(rows))
 
 
-def _add(session, rows: list[dict]) -> None:
-    """Add rows; a re-run of the same measurement on the same model replaces the older row."""
-    keys = {(r["model"], r["metric"]) for r in rows}
-    session.results = [r for r in session.results if (r["model"], r["metric"]) not in keys] + rows
-
-
 def _models(session):
     loaded = require_model(session)
     models = [(ORIGINAL, loaded.model)]
@@ -134,17 +90,18 @@ def _models(session):
     return loaded, models
 
 
-def _reporter(progress, what):
+def _reporter(session, progress, what):
     def report(done, total, desc=None):
         progress(done / max(total, 1), desc=f"{what}: {done} of {total}")
-    return report
+    return cancellable(session, report)
 
 
 # ------------------------------------------------------------------------------------- handlers
 
 @ui_errors
 def run_perplexity(session, source, windows, request: gr.Request, progress=gr.Progress()):
-    """Outputs: status, table, perplexity chart, zero-shot chart, speed chart."""
+    """Perplexity of the original and the pruned model on `windows` windows of 128 tokens of `source`'s test
+    split. Returns: message, results table, perplexity, zero-shot and speed charts."""
     attach(session, request)
     loaded, models = _models(session)
     windows = int(windows)
@@ -153,13 +110,13 @@ def run_perplexity(session, source, windows, request: gr.Request, progress=gr.Pr
         for name, model in models:
             desc = f"Perplexity of the {name.split(':')[0]} model"
             compute = lambda m=model, d=desc: perplexity(m, loaded.tokenizer, source=source, windows=windows,  # noqa: E731
-                                                         progress=_reporter(progress, d))
-            r = _cached_original(("ppl", loaded.spec, source, windows), compute) if name == ORIGINAL else compute()
+                                                         progress=_reporter(session, progress, d))
+            r = studio().original_results.get(loaded.spec, ("ppl", source, windows), compute) if name == ORIGINAL else compute()
             rows.append({"model": name, "kind": "perplexity", "value": r["ppl"],
                          "metric": f"perplexity {r['dataset']} {r['split']} ({r['windows']} x {r['seq_len']})",
                          "detail": f"{r['dataset']} {r['split']}, {r['windows']} windows x {r['seq_len']} tokens, "
                                    f"{r['tokens']} scored tokens, {r['seconds']:.1f} s"})
-    _add(session, rows)
+    session.add_results(rows)
     msg = " · ".join(f"**{r['model']}**: PPL {r['value']:.2f}" for r in rows)
     if len(models) == 1:
         msg += " — " + NO_PRUNED
@@ -168,6 +125,8 @@ def run_perplexity(session, source, windows, request: gr.Request, progress=gr.Pr
 
 @ui_errors
 def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progress()):
+    """Offline zero-shot accuracy of both models on `tasks`, `limit` questions each.
+    Returns: message, results table, perplexity, zero-shot and speed charts."""
     attach(session, request)
     if not tasks:
         raise gr.Error("Pick at least one zero-shot task.", print_exception=False)
@@ -176,9 +135,10 @@ def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progres
     rows = []
     with heavy(session, "Zero-shot evaluation", progress, originals=[loaded.model]):
         for k, (name, model) in enumerate(models):
+            session.check_open()
             progress(k / len(models), desc=f"Zero-shot: {name.split(':')[0]} model on {len(tasks)} task(s) ...")
             compute = lambda m=model: zeroshot(m, loaded.tokenizer, tasks=list(tasks), limit=limit)  # noqa: E731
-            r = _cached_original(("zs", loaded.spec, tuple(sorted(tasks)), limit), compute) if name == ORIGINAL \
+            r = studio().original_results.get(loaded.spec, ("zs", tuple(sorted(tasks)), limit), compute) if name == ORIGINAL \
                 else compute()
             for task, e in r["tasks"].items():
                 rows.append({"model": name, "kind": "zero-shot", "metric": task.removeprefix("bb_"),
@@ -186,13 +146,14 @@ def run_zeroshot(session, tasks, limit, request: gr.Request, progress=gr.Progres
                              "detail": f"{e['metric']}, {e.get('n')} questions"
                                        + (f", ± {e['stderr']:.1%}" if e.get("stderr") else "")
                                        + (f", chance {e['chance']:.1%}" if e.get("chance") is not None else "")})
-    _add(session, rows)
+    session.add_results(rows)
     return (f"Zero-shot done on {len(tasks)} task(s), {limit} questions each.", *results_view(session))
 
 
 @ui_errors
 def run_speed(session, batches, request: gr.Request, progress=gr.Progress()):
-    """Measured prefill/decode throughput of both models now (same machine load), plus size rows."""
+    """Prefill and decode throughput of both models, measured now (`batches`: "1" or "1 and 8"), plus their
+    sizes. Returns: message, results table, perplexity, zero-shot and speed charts."""
     attach(session, request)
     loaded, models = _models(session)
     batch_sizes = (1, 8) if str(batches) == "1 and 8" else (1,)
@@ -200,9 +161,9 @@ def run_speed(session, batches, request: gr.Request, progress=gr.Progress()):
     with heavy(session, "Speed measurement", progress, originals=[loaded.model]):
         for name, model in models:
             r = measure_speed(model, loaded.tokenizer, batch_sizes=batch_sizes, new_tokens=16, repeats=2,
-                              progress=_reporter(progress, f"Speed of the {name.split(':')[0]} model"))
+                              progress=_reporter(session, progress, f"Speed of the {name.split(':')[0]} model"))
             rows += speed_rows(name, r)
-    _add(session, rows)
+    session.add_results(rows)
     return ("Speed measured (median of 2 runs, 128-token prompt, 16 new tokens).", *results_view(session))
 
 
@@ -224,78 +185,3 @@ def speed_rows(name: str, r: dict) -> list[dict]:
                  "value": r["memory"]["weight_bytes"] / 2**20,
                  "detail": f"KV cache {r['memory']['kv_cache_bytes_per_token'] / 1024:.1f} KiB per token"})
     return rows
-
-
-EMPTY_PROMPT = "Type a prompt first, then press Send."
-
-
-def check_chat(session, prompt):
-    """Pre-check of Send: a prompt, a model, no job running (a toast; the chats stay as they are)."""
-    if not (prompt or "").strip():
-        raise gr.Error(EMPTY_PROMPT, print_exception=False)
-    precheck(session, "model")
-
-
-def _text(content) -> str:
-    """Plain text of a chat message's content (Gradio hands it back as a list of parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return content.get("text") or ""
-    if isinstance(content, (list, tuple)):
-        return "".join(_text(part) for part in content)
-    return ""
-
-
-def _plain(history) -> list[dict]:
-    return [{"role": m["role"], "content": _text(m.get("content"))} for m in history or []]
-
-
-@ui_errors
-def chat(session, prompt, max_new, temperature, seed, history_original, history_pruned, request: gr.Request):
-    """One prompt through both models, streamed in turns.
-
-    Yields (original chat, pruned chat, prompt box, info line); the info line ends with 'Done'."""
-    attach(session, request)
-    prompt = (prompt or "").strip()
-    if not prompt:
-        raise gr.Error(EMPTY_PROMPT, print_exception=False)
-    loaded = require_model(session)
-    check_idle(session)
-    histories = {"original": _plain(history_original), "pruned": _plain(history_pruned)}
-    models = {"original": loaded.model}
-    if session.pruned is not None:
-        models["pruned"] = session.pruned
-    for name, history in histories.items():
-        history.append({"role": "user", "content": prompt})
-        history.append({"role": "assistant", "content": "…" if name in models else NO_PRUNED})
-    yield histories["original"], histories["pruned"], "", "Generating ..."
-    settings = dict(max_new_tokens=int(max_new), temperature=float(temperature), seed=int(seed or 0))
-    seconds = {name: 0.0 for name in models}
-    with heavy(session, "Generation", None, originals=[loaded.model]):
-        streams = {}
-        for name, model in models.items():
-            context = [m for m in histories[name][:-1] if m.get("content") and m["content"] != NO_PRUNED]
-            streams[name] = stream_generate(model, loaded.tokenizer, context, **settings)
-        while streams:
-            for name in list(streams):
-                t0 = time.perf_counter()
-                try:
-                    histories[name][-1] = {"role": "assistant", "content": next(streams[name])}
-                except StopIteration:
-                    del streams[name]
-                seconds[name] += time.perf_counter() - t0
-            yield histories["original"], histories["pruned"], "", "Generating ..."
-    parts = []
-    for name in models:
-        text = histories[name][-1]["content"]
-        if text == "…":
-            histories[name][-1] = {"role": "assistant", "content": "*(no text: the model stopped at once)*"}
-            text = ""
-        tokens = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-        parts.append(f"{name}: {tokens} tokens in {seconds[name]:.1f} s")
-    yield histories["original"], histories["pruned"], "", "Done · " + " · ".join(parts)
-
-
-def clear_chat():
-    return [], [], ""

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from . import jobs
 from .model_store import ModelStore
+from .original_results import OriginalResults
 from .session import SessionRegistry, StudioSession
 from .settings import Settings
 
@@ -13,6 +14,7 @@ class Studio:
     settings: Settings
     store: ModelStore
     registry: SessionRegistry
+    original_results: OriginalResults  # measurements of the shared originals, dropped with them
 
 
 _studio: Studio | None = None
@@ -21,7 +23,10 @@ _studio: Studio | None = None
 def init(settings: Settings, store: ModelStore | None = None) -> Studio:
     global _studio
     jobs.configure(settings.concurrency)
-    _studio = Studio(settings, store or ModelStore(settings), SessionRegistry(settings.session_ttl))
+    store = store or ModelStore(settings)
+    results = OriginalResults()
+    store.on_evict(results.drop)
+    _studio = Studio(settings, store, SessionRegistry(settings.session_ttl), results)
     return _studio
 
 

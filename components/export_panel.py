@@ -22,7 +22,8 @@ def build():
         with gr.Column(scale=2):
             info = gr.Markdown("Prune a model first (step 3); then export it here.", elem_classes=["bip-status"])
             run = gr.Button("Build the archive", variant="primary", elem_id="bip-export-btn")
-            status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-export-status")
+            status = gr.Markdown("", label="message", elem_classes=["bip-status"], min_height=56,
+                                 elem_id="bip-export-status")
             file = gr.File(label="Pruned model (zip)", interactive=False, elem_id="bip-export-file")
             listing = gr.Dataframe(headers=["file", "size"], value=[], interactive=False, label="Contents")
         with gr.Column(scale=1, min_width=300):
@@ -43,12 +44,14 @@ def _slug(text: str) -> str:
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+    """In the units of Gradio's file widget next to it (it divides by 1024 and writes 'MB')."""
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
 
 
 @ui_errors
 def run_export(session, request: gr.Request, progress=gr.Progress()):
-    """Outputs: status line, archive file, contents table."""
+    """The pruned model as a zip of a transformers folder (safetensors, config, tokenizer, plan).
+    Returns: message, archive, contents table."""
     attach(session, request)
     pruned = require_pruned(session)
     loaded = session.loaded

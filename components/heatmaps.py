@@ -202,7 +202,16 @@ def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: s
     return _layout(fig, heading, height=max(360, 18 * n_layers + 150))
 
 
-def lipschitz_chart(scores) -> go.Figure:
+def _log_ticks(values) -> list[float]:
+    """1-2-5 ticks spanning `values` (plotly's own log ticks label 20 as a lone '2')."""
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0] or [1.0]
+    lo, hi = min(finite), max(finite)
+    ticks = [m * 10 ** e for e in range(-2, 6) for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    return inside or [1.0]
+
+
+def lipschitz_chart(scores, method_name: str | None = None) -> go.Figure:
     """LLM-BIP's attention factor per block: the Lipschitz bound 1 + L_l (bars) and, for the default
     "directional" scores, the MLP's measured gain along each unit's own change (dots, one per unit).
 
@@ -212,7 +221,7 @@ def lipschitz_chart(scores) -> go.Figure:
     layers = d.get("layers") or []
     values = [layer.get("lipschitz_estimate", layer.get("lipschitz")) for layer in layers]
     if not layers or all(v is None for v in values):
-        method = d.get("meta", {}).get("method", "this method")
+        method = method_name or d.get("meta", {}).get("method", "this method")
         return empty_figure(f"No Lipschitz estimates: {method} has no Lipschitz factor (LLM-BIP has).", height=260)
     bound = [1 + float(v) if v is not None else float("nan") for v in values]
     gains = [layer.get("unit_gain") or [] for layer in layers]
@@ -226,8 +235,9 @@ def lipschitz_chart(scores) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=[v for g in gains for v in g], mode="markers", customdata=units,
                                  name="measured gain along each unit's change", marker=dict(color="#7c3aed", size=7),
                                  hovertemplate="layer %{x}, unit %{customdata}: gain %{y:.2f}<extra></extra>"))
-    fig.update_xaxes(title_text="layer", dtick=max(1, len(bound) // 15))
-    fig.update_yaxes(title_text="attention factor (log)", type="log")
+    fig.update_xaxes(title_text="layer", dtick=max(1, len(bound) // 15), range=[-0.6, len(bound) - 0.4])
+    ticks = _log_ticks(bound + [v for g in gains for v in g])
+    fig.update_yaxes(title_text="attention factor (log)", type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     fig.update_layout(legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0))
     title = {"gain": "Attention factor: measured gains (dots, used) vs the bound 1 + L (bars)",
              "bound": "Attention factor: the bound 1 + L (used: scores are (1 + L) x mean ||delta||)",

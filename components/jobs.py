@@ -4,7 +4,8 @@ turned into readable messages (never a stack trace in the page).
 - A second click while the session's job runs is answered at once with "... is still running".
 - Jobs of different sessions wait for a free slot (BIP_CONCURRENCY); the progress bar says so.
 - A job that uses a shared original model holds that model's lock: scoring puts hooks on it, and
-  hooks would also fire on another session's forward pass.
+  hooks would also fire on another session's forward pass. The locks are plain (not thread-owned)
+  locks: Gradio may resume a streaming job (chat) on another worker thread than the one it started on.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ import gradio as gr
 
 from bip_core.errors import BipError
 
+from .session import SessionClosed
+
 log = logging.getLogger("bip_studio")
 
 _slots: threading.BoundedSemaphore | None = None
-_model_locks: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_model_locks: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
 
 
@@ -31,12 +34,18 @@ def configure(concurrency: int) -> None:
     _slots = threading.BoundedSemaphore(max(1, int(concurrency)))
 
 
-def model_lock(model) -> threading.RLock:
+def model_lock(model) -> threading.Lock:
     with _model_locks_guard:
         lock = _model_locks.get(model)
         if lock is None:
-            lock = _model_locks[model] = threading.RLock()
+            lock = _model_locks[model] = threading.Lock()
         return lock
+
+
+def _acquire(lock, session) -> None:
+    """Wait for `lock` (a slot or a model), giving up if the session's tab closes meanwhile."""
+    while not lock.acquire(timeout=0.25):
+        session.check_open()
 
 
 def busy_message(what: str) -> str:
@@ -70,12 +79,14 @@ def heavy(session, what: str, progress=None, originals=()):
         if not slots.acquire(blocking=False):
             if progress is not None:
                 progress(0, desc=f"{what}: waiting for another user's job to finish ...")
-            slots.acquire()
+            _acquire(slots, session)  # a closed tab stops waiting
         try:
-            locks = [model_lock(m) for m in originals if m is not None]
-            for lock in locks:
-                lock.acquire()
+            session.check_open()
+            locks = []
             try:
+                for lock in [model_lock(m) for m in originals if m is not None]:
+                    _acquire(lock, session)
+                    locks.append(lock)
                 yield
             finally:
                 for lock in reversed(locks):
@@ -84,6 +95,14 @@ def heavy(session, what: str, progress=None, originals=()):
             slots.release()
     finally:
         session.end()
+
+
+def cancellable(session, report):
+    """Wrap a progress callback: a job whose tab was closed stops at its next report (SessionClosed)."""
+    def checked(*args, **kwargs):
+        session.check_open()
+        return report(*args, **kwargs)
+    return checked
 
 
 # Library messages name API arguments; in the app the same thing is a control with a label.
@@ -104,6 +123,9 @@ def friendly(err: BaseException) -> gr.Error:
     """The message a user sees for an exception."""
     if isinstance(err, gr.Error):
         return err
+    if isinstance(err, SessionClosed):
+        log.info("job cancelled: %s", err)
+        return gr.Error(str(err), title="Cancelled", print_exception=False)
     if isinstance(err, BipError):
         return gr.Error(ui_wording(str(err)), print_exception=False)
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
@@ -116,6 +138,14 @@ def friendly(err: BaseException) -> gr.Error:
                     "the details are in the server log.", title="Unexpected error")
 
 
+def _shown(err: BaseException, args) -> gr.Error:
+    """The readable error, remembered by the session (the handlers' first argument) for its status line."""
+    shown = friendly(err)
+    if args and hasattr(args[0], "last_error"):
+        args[0].last_error = shown.message
+    return shown
+
+
 def ui_errors(fn):
     """Decorator for handlers: any exception becomes a gr.Error with a readable message."""
     if inspect.isgeneratorfunction(fn):
@@ -124,7 +154,7 @@ def ui_errors(fn):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 -- every error is shown, none is a dead page
-                raise friendly(err) from err
+                raise _shown(err, args) from err
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -132,8 +162,14 @@ def ui_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
-            raise friendly(err) from err
+            raise _shown(err, args) from err
     return wrapper
+
+
+def error_line(session) -> str:
+    """A failed job's status line: the reason stays there (the toast goes after a few seconds)."""
+    reason = getattr(session, "last_error", None) or "see the message above"
+    return f"**Not done:** {reason}"
 
 
 def require_model(session):

@@ -67,8 +67,8 @@ def build():
                                          "'default' (SmolLM2-135M-Instruct, offline), a local folder, "
                                          "or a Hub id such as org/name (needs internet)."))
                 load = gr.Button("Load model", variant="primary", scale=1, min_width=140, elem_id="bip-load-btn")
-            status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-load-status")
-            card = gr.HTML(card_html(None), elem_id="bip-model-card")
+            status = gr.Markdown("", label="message", elem_classes=["bip-status"], min_height=56, elem_id="bip-load-status")
+            card = gr.HTML(card_html(None), label="model card", elem_id="bip-model-card")
             gr.Markdown(texts.DEFAULT_MODEL_NOTE, elem_classes=["bip-teach", "bip-small"])
             next_step = gr.Button("Next: score it →", size="sm", variant="secondary", elem_classes=["bip-next"])
         with gr.Column(scale=2, min_width=300):

@@ -51,6 +51,11 @@ class ModelStore:
         self._models: OrderedDict[str, object] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._on_evict: list = []
+
+    def on_evict(self, callback) -> None:
+        """Call `callback(spec)` whenever a model leaves the store (caches about it must go too)."""
+        self._on_evict.append(callback)
 
     def choices(self) -> list[str]:
         return list(self.settings.allowed_models) if self.settings.allowed_models else ["default"]
@@ -96,8 +101,12 @@ class ModelStore:
                     raise ModelSpecError(self._too_big(spec, total))
             with self._lock:
                 self._models[spec] = loaded
+                evicted = []
                 while len(self._models) > self.keep:
-                    self._models.popitem(last=False)
+                    evicted.append(self._models.popitem(last=False)[0])
+            for old in evicted:
+                for callback in self._on_evict:
+                    callback(old)
             return loaded
 
     def _load(self, spec: str):

@@ -24,12 +24,13 @@ def build():
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             plan_info = gr.Markdown("No plan yet: score the model and choose a ratio (step 2).",
-                                    elem_classes=["bip-status"])
+                                    label="plan info", elem_classes=["bip-status"])
             with gr.Row(equal_height=True):
                 bias = gr.Checkbox(False, label="Bias compensation (FLAP-style)",
                                    info="put the removed units' mean output back as a bias")
                 run = gr.Button("Prune", variant="primary", elem_id="bip-prune-btn", min_width=140)
-            status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-prune-status")
+            status = gr.Markdown("", label="message", elem_classes=["bip-status"], min_height=56,
+                                 elem_id="bip-prune-status")
             table = gr.Dataframe(headers=HEADERS, value=[], interactive=False, elem_id="bip-prune-table",
                                  label="Before / after", wrap=True)
             next_step = gr.Button("Next: compare it with the original →", size="sm", variant="secondary",
@@ -96,7 +97,8 @@ def summary_rows(before: dict, after: dict, seconds: float) -> list[list]:
 
 @ui_errors
 def run_prune(session, bias, request: gr.Request, progress=gr.Progress()):
-    """Outputs: status, before/after table, details, plan info, status strip."""
+    """Prune a copy of the loaded model with the current plan (`bias`: FLAP-style bias compensation).
+    Returns: message, before/after table, pruned model summary, plan info, pipeline."""
     attach(session, request)
     loaded = require_model(session)
     scores = require_scores(session)

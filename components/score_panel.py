@@ -4,11 +4,10 @@ from types import SimpleNamespace
 import gradio as gr
 
 from bip_core import scoring
-from bip_core.data import SOURCES
 
-from . import heatmaps, status_bar, texts
+from . import heatmaps, sources, status_bar, texts
 from .context import attach, studio
-from .jobs import heavy, require_model, ui_errors
+from .jobs import cancellable, heavy, require_model, ui_errors
 
 METHOD_LABELS = {"bip": "LLM-BIP", "flap": "FLAP", "wanda-sp": "Wanda-sp", "taylor": "Taylor (LLM-Pruner)",
                  "magnitude": "Magnitude", "random": "Random"}
@@ -22,11 +21,9 @@ CHOICE_LABELS = {("lipschitz", "directional"): "measured gain of the MLP along t
                  ("aggregation", "std"): "centred: std of m (the change left after bias compensation)"}
 SHORT_LABELS = {("lipschitz", "zero"): "L = 0", ("lipschitz", "measured"): "(1 + L) bound",  # in run names
                 ("lipschitz", "directional"): "directional gain"}
-SOURCE_LABELS = {"wiki-bb": "wiki-bb (Wikipedia, offline)", "wikitext2": "WikiText-2 (needs internet)",
-                 "ptb": "PTB (needs internet)", "c4": "C4 (needs internet)"}
 UNIT_CHOICES = [("auto (KV group for GQA, head for MHA)", "auto"), ("KV group", "kv_group"),
                 ("query slot", "query_slot"), ("head (MHA only)", "head")]
-SEQ_LENS = [32, 64, 128, 256, 512]
+SEQ_LENS = ["32", "64", "128", "256", "512"]  # strings: the API advertises choices as strings
 DEFAULT_METHOD = "bip" if "bip" in scoring.METHODS else scoring.METHODS[0]
 
 
@@ -54,12 +51,16 @@ def scores_label(meta: dict) -> str:
     if meta.get("unit") and meta.get("unit") != "kv_group":
         parts.append(meta["unit"])
     if meta.get("samples"):
-        parts.append(f"{meta.get('source')} {meta['samples']}x{meta['seq_len']}, seed {meta.get('seed')}")
+        source = "your text" if str(meta.get("source")).startswith("file:") else meta.get("source")
+        parts.append(f"{source} {meta['samples']}x{meta['seq_len']}, seed {meta.get('seed')}")
     return " · ".join(parts)
 
 
-def scores_info(scores) -> dict:
-    """What the API and the 'details' box show about one scores run (shapes, cost, calibration)."""
+def scores_info(scores) -> dict | None:
+    """What the API and the 'details' box show about one scores run (shapes, cost, calibration); None
+    before any scoring."""
+    if scores is None:
+        return None
     meta = scores.meta
     return {
         "label": scores_label(meta),
@@ -69,8 +70,30 @@ def scores_info(scores) -> dict:
         "mlp_channels_per_layer": [len(layer["mlp"]) for layer in scores.layers],
         "source": meta.get("source"), "samples": meta.get("samples"), "seq_len": meta.get("seq_len"),
         "seed": meta.get("seed"), "seconds": meta.get("seconds"),
-        "peak_memory_mb": round(meta["peak_memory_bytes"] / 2**20, 1) if meta.get("peak_memory_bytes") else None,
+        **memory_fields(meta),
     }
+
+
+def memory_fields(meta: dict) -> dict:
+    """The job's own memory (its peak above what the process held when it started) and, labelled as such,
+    the whole server process's peak, which includes the weights and every other session's models."""
+    peak, start = meta.get("peak_memory_bytes"), meta.get("memory_at_start_bytes")
+    if not peak:
+        return {}
+    fields = {"process_peak_memory_mb": round(peak / 2**20, 1), "memory_kind": meta.get("peak_memory_kind")}
+    if start is not None:
+        fields["job_memory_mb"] = round(max(peak - start, 0) / 2**20, 1)
+    return fields
+
+
+def memory_note(meta: dict) -> str:
+    fields = memory_fields(meta)
+    if "job_memory_mb" in fields:
+        return (f"job memory +{fields['job_memory_mb']:.0f} MiB (peak above the start; the server process peaked "
+                f"at {fields['process_peak_memory_mb']:.0f} MiB, all sessions and weights included)")
+    if fields:
+        return f"server process peak {fields['process_peak_memory_mb']:.0f} MiB (all sessions and weights included)"
+    return ""
 
 
 def build():
@@ -79,13 +102,15 @@ def build():
         gr.Markdown("### Score", elem_classes=["bip-box-title"])
         method = gr.Dropdown(method_choices(), value=DEFAULT_METHOD, label="Method", elem_id="bip-method",
                              info="LLM-BIP first; the baselines use the same plans and surgery.")
-        source = gr.Dropdown([(SOURCE_LABELS.get(s, s), s) for s in SOURCES], value="wiki-bb",
-                             label="Calibration text")
+        source = gr.Dropdown(sources.source_choices(), value="wiki-bb", label="Calibration text",
+                             elem_id="bip-source")
+        own_text = sources.build()
         with gr.Row():
             samples = gr.Slider(8, st.settings.max_samples, value=min(64, st.settings.max_samples), step=8,
                                 label="Samples", info="windows of calibration text", scale=3,
                                 elem_id="bip-samples")
-            seq_len = gr.Dropdown(SEQ_LENS, value=128, label="Tokens each", min_width=100, scale=1)
+            seq_len = gr.Dropdown(SEQ_LENS, value="128", label="Tokens each", min_width=100, scale=1,
+                                  elem_id="bip-seq-len")
         with gr.Accordion("Options", open=False):
             options = []
             for m, key, choices, default in option_specs():
@@ -95,12 +120,13 @@ def build():
             unit = gr.Dropdown(UNIT_CHOICES, value="auto", label="Attention unit")
             seed = gr.Number(0, precision=0, label="Seed", minimum=0)
         run = gr.Button("Score", variant="primary", elem_id="bip-score-btn")
-        status = gr.Markdown("", elem_classes=["bip-status"], min_height=56, elem_id="bip-score-status")
+        status = gr.Markdown("", label="message", elem_classes=["bip-status"], min_height=56,
+                             elem_id="bip-score-status")
     with gr.Accordion("What do the scores mean?", open=False):
         gr.Markdown(texts.SCORE + "\n\n" + texts.LIPSCHITZ + "\n\n" + texts.METHODS + "\n\n" + texts.CALIBRATION,
                     elem_classes=["bip-teach"])
     return SimpleNamespace(method=method, source=source, samples=samples, seq_len=seq_len, options=options,
-                           unit=unit, seed=seed, run=run, status=status)
+                           unit=unit, seed=seed, run=run, status=status, own_text=own_text)
 
 
 def option_visibility(method):
@@ -108,19 +134,29 @@ def option_visibility(method):
     return [gr.update(visible=(m == method)) for m, *_ in option_specs()]
 
 
-def _options_for(method: str, values) -> dict:
-    return {key: value for (m, key, _, _), value in zip(option_specs(), values) if m == method}
+def option_names() -> list[str]:
+    """The API parameter name of each option_specs() entry: the option's own name (unique across methods)."""
+    names = [key for _, key, _, _ in option_specs()]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"Two scoring methods share an option name ({names}); name the API parameters apart.")
+    return names
+
+
+def _options_for(method: str, options: dict) -> dict:
+    return {key: options[key] for m, key, _, _ in option_specs() if m == method and key in options}
 
 
 @ui_errors
-def run_score(request: gr.Request, progress=gr.Progress(), *values):
-    """Score the session's model; the result joins the session's scores and becomes the active one.
-
-    values: session, method, source, samples, seq_len, unit, seed, then one value per option_specs()."""
-    session, method, source, samples, seq_len, unit, seed, *option_values = values
+def run_score(session, method, source, samples, seq_len, unit, seed, request: gr.Request, progress=gr.Progress(),
+              **options):
+    """Score the loaded model: every attention unit and MLP channel, on `samples` windows of `seq_len` tokens of
+    calibration text `source` ('custom' = the text given with /calibration_text). The run joins the session's runs
+    and becomes the active one. Method options (aggregation, lipschitz, variant, norm, weights) apply to their
+    method only. Returns: message, pipeline, scores summary, scores file (JSON)."""
     attach(session, request)
     loaded = require_model(session)
-    options = _options_for(method, option_values)
+    source = sources.resolve(session, source)
+    options = _options_for(method, options)
     unit = None if unit in (None, "", "auto") else unit
     label_desc = METHOD_LABELS.get(method, method)
 
@@ -130,16 +166,17 @@ def run_score(request: gr.Request, progress=gr.Progress(), *values):
     with heavy(session, "Scoring", progress, originals=[loaded.model]):
         progress(0, desc=f"Scoring with {label_desc}: preparing calibration text ...")
         scores = scoring.score(loaded.model, loaded.tokenizer, method=method, source=source, samples=int(samples),
-                               seq_len=int(seq_len), seed=int(seed or 0), unit=unit, progress=report,
+                               seq_len=int(seq_len), seed=int(seed or 0), unit=unit, progress=cancellable(session, report),
                                model_name=loaded.spec, **options)
     label = scores_label(scores.meta)
-    session.scores[label] = scores
-    session.active = label
+    dropped = session.add_scores(label, scores)
     meta = scores.meta
     took = f"{meta.get('seconds', 0):.1f} s"
-    if meta.get("peak_memory_bytes"):
-        took += f", peak memory {meta['peak_memory_bytes'] / 2**20:.0f} MiB"
+    if memory_note(meta):
+        took += ", " + memory_note(meta)
     msg = f"**{label}** scored in {took}. Kept for comparison: {len(session.scores)} run(s)."
+    if dropped:
+        msg += f" Dropped the oldest to keep at most {len(session.scores)}: {', '.join(dropped)}."
     return msg, status_bar.render(session), scores_info(scores), save_scores(session)
 
 
@@ -157,4 +194,5 @@ def lipschitz_figure(session):
     scores = session.active_scores
     if scores is None:
         return heatmaps.empty_figure("No scores yet.", height=240)
-    return heatmaps.lipschitz_chart(scores)
+    method = scores.meta.get("method")
+    return heatmaps.lipschitz_chart(scores, METHOD_LABELS.get(method, method))

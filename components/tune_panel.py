@@ -1,18 +1,14 @@
 """Step 2b: from scores to a plan, instantly: global ratio, allocation, presets, per-layer sliders,
 the live size readout and the overlay of what the plan removes. No re-scoring, ever."""
-import html
 import json
 from types import SimpleNamespace
 
 import gradio as gr
 
-from bip_core.errors import BipError
 from bip_core.formatting import format_params
-from bip_core.plan import ALLOCATIONS, make_plan
+from bip_core.plan import ALLOCATIONS
 
-from . import heatmaps, status_bar, texts
-from .context import attach
-from .jobs import friendly, ui_errors
+from . import heatmaps, texts
 
 ALLOCATION_LABELS = {"uniform": "uniform", "global": "global, relative changes",
                      "global-energy": "global, squared changes (LLM-BIP)",
@@ -23,7 +19,7 @@ PRESETS = {  # name -> (ratio, allocation, skip_first, skip_last)
     "Global (energy) 20%": (0.2, "global-energy", 0, 0),
     "FLAP-style global 20%": (0.2, "global-std", 0, 0),
 }
-ROUND_CHOICES = [("1 (exact)", 1), ("8", 8), ("16", 16), ("32", 32), ("64", 64)]
+ROUND_CHOICES = [("1 (exact)", "1"), ("8", "8"), ("16", "16"), ("32", "32"), ("64", "64")]  # strings, as the API shows
 
 
 def _span(values) -> str:
@@ -59,21 +55,25 @@ def readout_html(summary: dict | None, message: str = "") -> str:
 
 
 def editor_spec(session) -> dict | None:
-    """What the per-layer editor shows: units per layer and the plan's removed units / MLP share."""
+    """What the per-layer editor shows (units per layer, the plan's removed units and MLP %), remembered in
+    the session so that a slider move can tell which layer moved."""
     s = session.plan_summary
     if not s:
+        session.editor_spec = None
         return None
-    session.editor_version = getattr(session, "editor_version", 0) + 1  # always a change: sliders re-render
-    return {"version": session.editor_version, "unit": heatmaps.UNIT_LABEL.get(s.get("unit"), "unit"),
-            "units": [l["attention_total"] for l in s["layers"]],
-            "att": [l["attention_total"] - l["attention_kept"] for l in s["layers"]],
-            "mlp": [round(100 * (l["mlp_total"] - l["mlp_kept"]) / l["mlp_total"]) for l in s["layers"]]}
+    session.editor_version += 1  # always a change: the sliders re-render
+    session.editor_spec = {
+        "version": session.editor_version, "unit": heatmaps.UNIT_LABEL.get(s.get("unit"), "unit"),
+        "units": [l["attention_total"] for l in s["layers"]],
+        "att": [l["attention_total"] - l["attention_kept"] for l in s["layers"]],
+        "mlp": [round(100 * (l["mlp_total"] - l["mlp_kept"]) / l["mlp_total"], 1) for l in s["layers"]]}
+    return session.editor_spec
 
 
 def ratios_text(plan) -> str:
     if plan is None:
         return ""
-    return json.dumps([[round(a, 4), round(m, 4)] for a, m in plan.meta["layer_ratios"]])
+    return json.dumps([[round(a, 6), round(m, 6)] for a, m in plan.meta["layer_ratios"]])  # exact counts back
 
 
 def parse_ratios(text: str, n_layers: int):
@@ -93,12 +93,12 @@ def build_controls():
             presets = [gr.Button(name, size="sm", variant="secondary", min_width=120) for name in PRESETS]
         ratio = gr.Slider(0, 0.9, value=0.2, step=0.01, label="Ratio", elem_id="bip-ratio",
                           info="share of attention + MLP parameters to remove")
-        allocation = gr.Radio([(ALLOCATION_LABELS.get(a, a), a) for a in ALLOCATIONS], value="uniform",
+        allocation = gr.Radio([(ALLOCATION_LABELS.get(a, a), a) for a in ALLOCATIONS], value="uniform", elem_id="bip-allocation",
                               label="Allocation across layers")
         with gr.Row():
             skip_first = gr.Slider(0, 8, value=0, step=1, label="Skip first layers", elem_id="bip-skip-first")
             skip_last = gr.Slider(0, 8, value=0, step=1, label="Skip last layers", elem_id="bip-skip-last")
-        round_to = gr.Dropdown(ROUND_CHOICES, value=1, label="Round kept MLP channels to a multiple of",
+        round_to = gr.Dropdown(ROUND_CHOICES, value="1", label="Round kept MLP channels to a multiple of",
                                info="multiples of 8 or 64 run faster on some hardware")
         allow_empty = gr.Checkbox(False, label="Allow removing whole attention sub-blocks",
                                   info="otherwise every layer keeps at least one attention unit")
@@ -109,18 +109,20 @@ def build_controls():
 
 
 def build_view():
-    readout = gr.HTML(readout_html(None), elem_id="bip-readout")
+    readout = gr.HTML(readout_html(None), label="readout", elem_id="bip-readout")
     with gr.Row(equal_height=True, elem_classes=["bip-viewbar"]):
         shown = gr.Dropdown([], value=None, label="Scores shown (and planned from)", scale=3, elem_id="bip-shown",
                             info="every method you score stays here for comparison")
         order = gr.Radio([("sorted by score", "sorted"), ("channel index", "index")], value="sorted",
                          label="MLP channels", scale=2)
         overlay = gr.Checkbox(True, label="Show what the plan removes", scale=1)
-    figure = gr.Plot(heatmaps.empty_figure("No scores yet: load a model, then press Score."), show_label=False,
+    figure = gr.Plot(heatmaps.empty_figure("No scores yet: load a model, then press Score."), label="heatmap",
+                     show_label=False,
                      elem_id="bip-heatmap")
     gr.Markdown(texts.OVERLAY, elem_classes=["bip-teach", "bip-small"])
     with gr.Accordion("Per-block attention factor: Lipschitz bound and measured gain", open=True):
-        lipschitz = gr.Plot(heatmaps.empty_figure("No scores yet.", height=240), show_label=False,
+        lipschitz = gr.Plot(heatmaps.empty_figure("No scores yet.", height=240), label="attention factor",
+                            show_label=False,
                             elem_id="bip-lipschitz")
     editor = gr.State(None)
     editor_box = gr.Accordion("Per-layer ratios (sliders)", open=False, elem_id="bip-layer-editor")
@@ -145,19 +147,6 @@ def build_view():
 
 # ------------------------------------------------------------------------------------- handlers
 
-def _make(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, layer_ratios=None):
-    loaded = session.loaded
-    plan = make_plan(session.active_scores, loaded.model, None if allocation == "manual" else float(ratio),
-                     allocation=allocation, skip_first=int(skip_first or 0), skip_last=int(skip_last or 0),
-                     layer_ratios=layer_ratios, allow_empty_attention=bool(allow_empty), round_to=int(round_to or 1))
-    summary = plan.summary()
-    summary["scores_label"] = session.active
-    session.plan, session.plan_summary = plan, summary
-    session.plan_settings = dict(ratio=ratio, allocation=allocation, skip_first=skip_first, skip_last=skip_last,
-                                 round_to=round_to, allow_empty=allow_empty)
-    return plan
-
-
 def figure_for(session, order, overlay):
     scores = session.active_scores
     if scores is None:
@@ -166,70 +155,6 @@ def figure_for(session, order, overlay):
     removed = heatmaps.removed_sets(session.plan.layers, d) if (overlay and session.plan is not None) else None
     title = f"Scores: {session.active}" + (" — red = removed by the current plan" if removed is not None else "")
     return heatmaps.scores_figure(d, removed, order=order or "sorted", title=title)
-
-
-def _outputs(session, order, overlay, message=""):
-    """readout, figure, plan summary, ratios text, status strip."""
-    return (readout_html(session.plan_summary, message), figure_for(session, order, overlay),
-            session.plan_summary, ratios_text(session.plan), status_bar.render(session))
-
-
-@ui_errors
-def replan(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, ratios_json, order, overlay,
-           request: gr.Request):
-    """Recompute the plan from the active scores (no scoring): readout, overlay, editor, details.
-
-    Outputs: readout, figure, plan summary, ratios text, status, editor spec."""
-    attach(session, request)
-    if session.loaded is None or session.active_scores is None:
-        msg = "Load a model (step 1) and score it to see a plan." if session.loaded is None else \
-            "Score the model (left) to see a plan."
-        return readout_html(None, msg), figure_for(session, order, overlay), None, "", status_bar.render(session), None
-    layer_ratios = None
-    try:
-        if allocation == "manual":
-            n = len(session.active_scores.layers)
-            if ratios_json and ratios_json.strip():
-                layer_ratios = parse_ratios(ratios_json, n)
-            elif session.plan is not None:
-                layer_ratios = session.plan.meta["layer_ratios"]
-            else:
-                layer_ratios = [(0.0, 0.0)] * n
-        _make(session, ratio, allocation, skip_first, skip_last, round_to, allow_empty, layer_ratios)
-    except (BipError, gr.Error) as err:
-        # Settings the plan cannot take: say why, keep the previous plan (and its views) as they are.
-        message = friendly(err).message
-        gr.Warning(message)
-        kept = "The previous plan is kept." if session.plan is not None else ""
-        return (readout_html(session.plan_summary, f"Not applied: {html.escape(message)} {kept}"),
-                figure_for(session, order, overlay), session.plan_summary, ratios_text(session.plan),
-                status_bar.render(session), editor_spec(session))
-    return (*_outputs(session, order, overlay), editor_spec(session))
-
-
-def apply_preset(name):
-    """Preset button -> (ratio, allocation, skip_first, skip_last); app.py chains replan."""
-    return PRESETS[name]
-
-
-@ui_errors
-def edit_layers(session, round_to, allow_empty, order, overlay, *values):
-    """A per-layer slider moved: a manual plan from all sliders (attention units removed, MLP %).
-
-    Outputs: readout, figure, plan summary, ratios text, status, allocation radio, editor spec.
-    A slider position the plan cannot take (e.g. a layer without attention) snaps back with a warning."""
-    if session.loaded is None or session.active_scores is None or session.plan_summary is None:
-        raise gr.Error("Score the model first.", print_exception=False)
-    n = len(values) // 2
-    units = [l["attention_total"] for l in session.plan_summary["layers"]]
-    pairs = [(float(values[2 * i]) / max(units[i], 1), float(values[2 * i + 1]) / 100.0) for i in range(n)]
-    previous = session.plan_settings.get("ratio", 0.2)
-    try:
-        _make(session, previous, "manual", 0, 0, round_to, allow_empty, pairs)
-    except BipError as err:
-        gr.Warning(friendly(err).message)
-        return (*_outputs(session, order, overlay), gr.update(), editor_spec(session))
-    return (*_outputs(session, order, overlay), "manual", gr.skip())
 
 
 def show_scores(session, label, order, overlay):
@@ -244,11 +169,20 @@ def scores_choices(session):
 
 
 def save_plan(session):
+    """The current plan as a JSON file (kept units and channels per layer, ratios, calibration)."""
     if session.plan is None:
         raise gr.Error("No plan yet: score the model first.", print_exception=False)
     path = session.tmp_dir() / "plan.json"
     session.plan.save(path)
     return str(path)
+
+
+def _editor_header(spec, extra_class: str) -> None:
+    with gr.Row(elem_classes=["bip-layer-row", "bip-layer-head", extra_class], equal_height=True):
+        gr.HTML('<div class="bip-layer-name">layer</div>', elem_classes=["bip-layer-cell"], padding=False)
+        gr.HTML(f"<div>{spec['unit']}s removed (of {max(spec['units'])})</div>", scale=2, min_width=120,
+                padding=False)
+        gr.HTML("<div>MLP channels removed (%)</div>", scale=3, min_width=160, padding=False)
 
 
 def render_editor(spec, on_edit):
@@ -262,12 +196,9 @@ def render_editor(spec, on_edit):
                 "Moving one switches the allocation to *manual* and recomputes the plan at once.",
                 elem_classes=["bip-small"])
     sliders = []
-    with gr.Row(elem_classes=["bip-layer-row", "bip-layer-head"], equal_height=True):
-        gr.HTML('<div class="bip-layer-name">layer</div>', elem_classes=["bip-layer-cell"], padding=False)
-        gr.HTML(f"<div>{spec['unit']}s removed (of {max(spec['units'])})</div>", scale=2, min_width=120,
-                padding=False)
-        gr.HTML("<div>MLP channels removed (%)</div>", scale=3, min_width=160, padding=False)
-    with gr.Column(elem_classes=["bip-layer-grid"]):
+    with gr.Column(elem_classes=["bip-layer-grid"]):  # two layers per row on wide screens (assets/style.css)
+        for extra in ("", "bip-layer-head-extra"):
+            _editor_header(spec, extra)
         for i, (units, a, m) in enumerate(zip(spec["units"], spec["att"], spec["mlp"])):
             with gr.Row(elem_classes=["bip-layer-row"], equal_height=True):
                 gr.HTML(f'<div class="bip-layer-name">layer {i}</div>', elem_classes=["bip-layer-cell"],
@@ -275,7 +206,7 @@ def render_editor(spec, on_edit):
                 sliders.append(gr.Slider(0, units, value=a, step=1, label=f"layer {i}: {spec['unit']}s removed",
                                          show_label=False, key=f"att-{i}", preserved_by_key=None, interactive=True,
                                          elem_classes=["bip-att-slider"], scale=2, min_width=120))
-                sliders.append(gr.Slider(0, 99, value=m, step=1, label=f"layer {i}: MLP % removed", show_label=False,
+                sliders.append(gr.Slider(0, 99, value=m, step=0.1, label=f"layer {i}: MLP % removed", show_label=False,
                                          key=f"mlp-{i}", preserved_by_key=None, interactive=True,
                                          elem_classes=["bip-mlp-slider"],
                                          scale=3, min_width=160))

@@ -1,5 +1,6 @@
 """The app's pieces without a server: settings, the shared model store's policy (allow-list, size
 cap), sessions and their cleanup, the job guard, and the figure builders."""
+import threading
 import time
 
 import gradio as gr
@@ -9,9 +10,9 @@ import pytest
 from bip_core.errors import ModelSpecError
 from bip_core.loading import LoadedModel, random_model
 from bip_core.tiny_configs import tiny_config
-from components import heatmaps, jobs, status_bar, tune_panel
+from components import chat, heatmaps, jobs, score_panel, status_bar, tune_panel, wiring
 from components.model_store import ModelStore
-from components.session import SessionRegistry, StudioSession
+from components.session import SessionClosed, SessionRegistry, StudioSession
 from components.settings import Settings, from_env, parse_count
 
 
@@ -102,6 +103,58 @@ def test_one_job_per_session():
     jobs.check_idle(session)
 
 
+def _job_in_thread(session, what, outcome, started, steps=2000):
+    """A heavy job reporting progress every 10 ms (like scoring, once per layer of each batch)."""
+    def run():
+        try:
+            with jobs.heavy(session, what):
+                report = jobs.cancellable(session, lambda *args: None)
+                started.set()
+                for i in range(steps):
+                    time.sleep(0.01)
+                    report(i, steps)
+            outcome["done"] = True
+        except Exception as err:  # noqa: BLE001 -- the test inspects it
+            outcome["error"] = err
+        started.set()
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_closing_a_tab_cancels_its_job_and_frees_its_slot():
+    jobs.configure(1)
+    registry = SessionRegistry(ttl_seconds=60)
+    closed_tab, new_tab = StudioSession(), StudioSession()
+    closed_tab.scores["x"] = object()
+    registry.attach(closed_tab, "closed")
+    outcome, started = {}, threading.Event()
+    thread = _job_in_thread(closed_tab, "Scoring", outcome, started)
+    started.wait(10)
+    registry.release("closed")  # the tab closed (demo.unload)
+    t0 = time.perf_counter()
+    with jobs.heavy(new_tab, "Loading a model"):
+        waited = time.perf_counter() - t0
+    thread.join(10)
+    assert waited < 2, "the new tab waited behind the abandoned job"
+    assert isinstance(outcome.get("error"), SessionClosed) and "tab was closed" in str(outcome["error"])
+    assert closed_tab.busy is None and closed_tab.expired and not closed_tab.scores  # freed when the job ended
+    assert "cancelled" in jobs.friendly(outcome["error"]).message
+
+
+def test_a_closed_tab_stops_waiting_for_a_slot():
+    jobs.configure(1)
+    running, waiting = StudioSession(), StudioSession()
+    outcome, started = {}, threading.Event()
+    with jobs.heavy(running, "Scoring"):
+        thread = _job_in_thread(waiting, "Perplexity", outcome, started, steps=1)
+        time.sleep(0.3)
+        assert waiting.busy == "Perplexity" and "error" not in outcome  # queued behind the running job
+        waiting.close()
+        thread.join(5)
+    assert isinstance(outcome.get("error"), SessionClosed) and waiting.busy is None
+
+
 def test_errors_become_readable_messages():
     assert "Ratio must be" in jobs.friendly(ModelSpecError("Ratio must be ...")).message
     assert "Invalid input" in jobs.friendly(ValueError("bad")).message
@@ -158,7 +211,18 @@ def test_lipschitz_chart_explains_missing_values():
         layer.pop("lipschitz")
         layer.pop("lipschitz_estimate")
     d["meta"]["method"] = "flap"
-    assert "flap has no Lipschitz factor" in heatmaps.lipschitz_chart(d).layout.annotations[0].text
+    assert "FLAP has no Lipschitz factor" in heatmaps.lipschitz_chart(d, "FLAP").layout.annotations[0].text
+
+
+def test_attention_factor_chart_axes():
+    """A log axis with plotly's own ticks showed a lone '2' for 20; the layer axis ran to 30 for layers 0-29."""
+    d = fake_scores(layers=30)
+    for i, layer in enumerate(d["layers"]):
+        layer["lipschitz"] = 0.5 + (36 if i == 0 else i % 3)
+        layer["unit_gain"] = [1.0, 8.0 if i == 0 else 1.2]
+    chart = heatmaps.lipschitz_chart(d)
+    assert list(chart.layout.yaxis.ticktext) == ["1", "2", "5", "10", "20", "50"]
+    assert chart.layout.xaxis.range[0] < 0 and 29 < chart.layout.xaxis.range[1] < 30
 
 
 def test_readout_and_status_strip():
@@ -172,3 +236,98 @@ def test_readout_and_status_strip():
     with pytest.raises(gr.Error, match="JSON list of 30"):
         tune_panel.parse_ratios("[[0.1, 0.2]]", 30)
     assert tune_panel.parse_ratios("[[0.1, 0.2], [0, 0]]", 2) == [(0.1, 0.2), (0.0, 0.0)]
+
+
+def test_views_of_a_session_without_scores():
+    """Focusing the empty 'Scores shown' dropdown before scoring ran these on an empty session (an
+    AttributeError in scores_info used to end in a server-side traceback)."""
+    session = StudioSession()
+    figure = tune_panel.show_scores(session, None, "sorted", True)
+    assert "No scores" in figure.layout.annotations[0].text
+    choices, chart, info, scores_file, bias = wiring.after_score(session)
+    assert info is None and scores_file is None and "No scores" in chart.layout.annotations[0].text
+
+
+def test_chat_history_is_trimmed_to_the_context(tokenizer):
+    from bip_core.generation import build_prompt_ids
+
+    long = "pruning " * 5000  # two such prompts: about 10k tokens, as in the issue
+    history = [{"role": "user", "content": long}, {"role": "assistant", "content": "Noted."}] * 2
+    history.append({"role": "user", "content": "What is the capital of France?"})
+    sent, dropped = chat.fit_context(tokenizer, history, 8192, 64)
+    assert dropped == 1 and sent == history[2:]
+    assert build_prompt_ids(tokenizer, sent)[0].shape[1] <= 8192 - 64 < build_prompt_ids(tokenizer, history)[0].shape[1]
+    assert chat.fit_context(tokenizer, history[-1:], 8192, 64) == (history[-1:], 0)
+    with pytest.raises(gr.Error, match="Shorten the prompt"):
+        chat.fit_context(tokenizer, [{"role": "user", "content": long}], 2048, 64)
+
+
+def test_memory_is_the_jobs_own_or_labelled_as_the_process():
+    """The server process's peak includes other sessions' models (it grew from 1641 to 4786 MiB for similar
+    jobs); the job's own is its peak above the start."""
+    meta = {"peak_memory_bytes": 4786 * 2**20, "memory_at_start_bytes": 4500 * 2**20,
+            "peak_memory_kind": "peak resident set of the process"}
+    fields = score_panel.memory_fields(meta)
+    assert fields["job_memory_mb"] == 286 and fields["process_peak_memory_mb"] == 4786
+    note = score_panel.memory_note(meta)
+    assert note.startswith("job memory +286 MiB") and "all sessions" in note
+    assert "all sessions" in score_panel.memory_note({"peak_memory_bytes": 2**30})
+    assert score_panel.memory_note({}) == ""
+
+
+def test_original_results_are_bounded_and_go_with_their_model():
+    from components.original_results import OriginalResults
+
+    results = OriginalResults(keep=3)
+    store = ModelStore(settings(), keep=1, loader=lambda spec: LoadedModel(random_model(tiny_config("llama")), None,
+                                                                          spec, None, "llama"))
+    store.on_evict(results.drop)
+    calls = []
+    store.get("a")
+    assert results.get("a", ("ppl", 4), lambda: calls.append(1) or 26.5) == 26.5
+    assert results.get("a", ("ppl", 4), lambda: calls.append(1) or 0.0) == 26.5 and len(calls) == 1  # once
+    store.get("b")  # the store keeps one model: "a" is evicted, and its measurements with it
+    assert len(results) == 0
+    assert results.get("a", ("ppl", 4), lambda: 27.0) == 27.0
+    for k in range(5):
+        results.get("b", ("zs", k), lambda: k)
+    assert len(results) == 3
+
+
+def test_session_caches_are_bounded():
+    from components.session import MAX_RESULT_ROWS, MAX_SCORE_RUNS
+
+    session = StudioSession()
+    for k in range(MAX_SCORE_RUNS + 2):
+        dropped = session.add_scores(f"run {k}", object())
+    assert dropped == ["run 1"] and len(session.scores) == MAX_SCORE_RUNS and session.active == f"run {k}"
+    assert "run 0" not in session.scores
+    for k in range(MAX_RESULT_ROWS + 5):
+        session.add_results([{"model": f"pruned #{k}", "metric": "ppl", "value": k}])
+    session.add_results([{"model": f"pruned #{k}", "metric": "ppl", "value": -1}])  # a re-run replaces its row
+    assert len(session.results) == MAX_RESULT_ROWS and session.results[-1]["value"] == -1
+
+
+def test_a_streaming_job_may_resume_on_another_thread():
+    """Gradio resumes a generator (the chat) on any worker thread: the job's locks must still be released
+    (a thread-owned lock raised 'cannot release un-acquired lock' at the end of a chat)."""
+    class Model:  # a weak-referenceable stand-in for a shared original
+        pass
+
+    jobs.configure(1)
+    session, model, errors, acquired = StudioSession(), Model(), [], []
+
+    def stream():
+        with jobs.heavy(session, "Generation", originals=[model]):
+            yield 1
+            yield 2
+
+    generator = stream()
+    next(generator)  # started on this thread ...
+    resume = threading.Thread(target=lambda: errors.extend([] if list(generator) == [2] else ["lost"]))
+    resume.start()  # ... finished on another one
+    resume.join(5)
+    other = threading.Thread(target=lambda: acquired.append(jobs.model_lock(model).acquire(timeout=2)))
+    other.start()
+    other.join(5)
+    assert errors == [] and acquired == [True] and session.busy is None

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bip_core.data import calibration_windows, load_texts, perplexity_windows, token_stream
+from bip_core.data import calibration_windows, load_texts, perplexity_windows, save_user_text, token_stream
 from bip_core.errors import DataError, OfflineError
 
 
@@ -94,3 +94,19 @@ def test_token_streams_are_keyed_by_the_tokenizer_object_and_bounded(tokenizer, 
         (tmp_path / f"{i}.txt").write_text(f"text number {i}")
         token_stream(tokenizer, f"file:{tmp_path / f'{i}.txt'}", "test")
     assert len(data._STREAMS) == data.MAX_STREAMS
+
+
+def test_user_text_is_checked_and_stored_for_the_file_source(tokenizer, tmp_path):
+    text = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog." for i in range(200))
+    path = save_user_text(text.replace("\n", "\r\n").encode("utf-8"), tmp_path)
+    assert path.parent == tmp_path and path.name.startswith("calibration-") and "\r" not in path.read_text()
+    assert save_user_text(text, tmp_path) == path  # same text, same file
+    assert save_user_text(text + " More.", tmp_path) != path  # another text never shares the cached tokens
+    assert len(load_texts(f"file:{path}")) == 200
+    assert calibration_windows(tokenizer, f"file:{path}", samples=4, seq_len=32, seed=0).shape == (4, 32)
+    with pytest.raises(DataError, match="not UTF-8.*Save it as UTF-8"):
+        save_user_text("café".encode("latin-1"), tmp_path)
+    with pytest.raises(DataError, match="larger than the limit of 0.0 MiB"):
+        save_user_text("x" * 2000, tmp_path, max_bytes=1000)
+    with pytest.raises(DataError, match="empty"):
+        save_user_text(" \n\n ", tmp_path)

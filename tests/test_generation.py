@@ -4,7 +4,8 @@ import copy
 import pytest
 import torch
 
-from bip_core.generation import build_prompt_ids, generate, next_token, stream_generate, stream_side_by_side
+from bip_core.generation import (build_prompt_ids, generate, next_token, stream_generate, stream_generate_stats,
+                                 stream_side_by_side)
 from bip_core.loading import random_model
 from bip_core.tiny_configs import tiny_config
 
@@ -34,6 +35,14 @@ def test_stream_grows_and_ends_with_the_full_text(tiny, tokenizer):
     assert chunks[-1] == result["text"]
     assert result["new_tokens"] <= 10 and result["stop_reason"] in ("eos", "length")
     assert result["chat_template"] is True and result["prompt_tokens"] > 5
+
+
+def test_streamed_stats_count_the_generated_tokens(tiny, tokenizer):
+    stats = list(stream_generate_stats(tiny, tokenizer, "Hello", max_new_tokens=10, temperature=0.9, seed=1))
+    result = generate(tiny, tokenizer, "Hello", max_new_tokens=10, temperature=0.9, seed=1)
+    assert [s["new_tokens"] for s in stats] == list(range(1, len(stats) + 1))[:len(stats) - 1] + [result["new_tokens"]]
+    assert stats[-1]["done"] and not stats[0]["done"] and stats[-1]["text"] == result["text"]
+    assert stats[-1]["prompt_tokens"] == result["prompt_tokens"] and stats[-1]["new_tokens"] <= 10
 
 
 def test_same_seed_same_text_other_seed_other_text(tiny, tokenizer):

@@ -56,7 +56,6 @@ def run(args) -> int:
     import torch
 
     from ..loading import load_model
-    from ..scoring import score
     from ..sweep import sweep
 
     if args.threads:
