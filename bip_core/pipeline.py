@@ -165,6 +165,8 @@ def run_layerwise(model, weights, input_ids: torch.Tensor | None, stats: list[La
     for i, skeleton_layer in enumerate(layers):
         layer = onload(model, skeleton_layer, weights, device, dtype)
         stats[i].bind(layer)
+        if input_ids is not None:
+            stats[i].begin(input_ids.numel())
         if inputs is None:
             counter.step(f"layer {i + 1}/{len(layers)}")
         else:
