@@ -61,10 +61,10 @@ class RunningMoments:
         self.count = 0
         self.mean = self.m2 = None
 
-    def _scatter(self, d: torch.Tensor) -> torch.Tensor:  # d: [..., tokens, features]
+    def _scatter(self, d: torch.Tensor) -> torch.Tensor:  # d: [..., tokens, features], a fresh tensor
         if self.covariance:
             return d.transpose(-1, -2) @ d
-        return (d * d).sum(-2)
+        return d.square_().sum(-2)  # in place: one temporary fewer per batch
 
     def add(self, x: torch.Tensor) -> None:
         x = x.float()
