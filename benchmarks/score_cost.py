@@ -1,8 +1,12 @@
 """Cost of scoring on the default model: wall time and peak memory of LLM-BIP next to a plain decoder
 forward pass over the same calibration tokens and next to every baseline.
 
-    .venv/bin/python benchmarks/score_cost.py [--samples 64] [--seq-len 128] [--batch-size 8]
-        [--methods "bip,flap,..."] [--repeat 2] [--threads 1] [--json out.json]
+    .venv/bin/python benchmarks/score_cost.py [--windows 16,64,256] [--seq-len 128] [--batch-size 8]
+        [--pipeline whole|layerwise] [--methods "bip,flap,..."] [--repeat 2] [--threads 1] [--json out.json]
+
+--windows: calibration sizes (windows of --seq-len tokens), each measured in turn. --pipeline: the
+scoring pipeline (bip_core.scoring PIPELINES); "hooks only" then runs that pipeline with statistics
+that keep nothing, while "plain forward" is always the model's own forward pass in memory.
 
 Every measurement runs in a fresh process (model loaded, calibration text tokenized, one warm-up
 call), so its peak memory is its own. Times are wall-clock and process-CPU seconds of the work
@@ -40,11 +44,13 @@ VARIANTS = {  # label -> (method, options); "plain forward" and "hooks only" are
 ALTERNATED = ("plain forward", "hooks only", "bip")
 
 
-def measure(label: str, samples: int, seq_len: int, batch_size: int) -> dict:
+def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: str = "whole") -> dict:
     """One measurement in this process."""
     import torch
 
     from bip_core.calibration import LayerStats, run_calibration
+    from bip_core.pipeline import run_layerwise
+    from bip_core.weights import ModuleWeights
     from bip_core.data import calibration_windows
     from bip_core.loading import load_model
     from bip_core.memory import PeakMemory
@@ -68,9 +74,14 @@ def measure(label: str, samples: int, seq_len: int, batch_size: int) -> dict:
                     model.model(input_ids=batch, use_cache=False)
         elif label == "hooks only":
             stats = [Nothing(model, i, "kv_group", {}, 0) for i in range(len(model.model.layers))]
-            run_calibration(model, input_ids, stats, batch_size=batch_size)
+            if pipeline == "layerwise":
+                run_layerwise(model, ModuleWeights(model), input_ids, stats, batch_size=batch_size, device="cpu",
+                              dtype=torch.float32)
+            else:
+                run_calibration(model, input_ids, stats, batch_size=batch_size)
         else:
-            score(model, tokenizer, method, samples=samples, seq_len=seq_len, batch_size=batch_size, **options)
+            score(model, tokenizer, method, samples=samples, seq_len=seq_len, batch_size=batch_size,
+                  pipeline=pipeline, **options)
 
     started, cpu = time.perf_counter(), time.process_time()
     with PeakMemory() as memory:
@@ -79,9 +90,10 @@ def measure(label: str, samples: int, seq_len: int, batch_size: int) -> dict:
             "threads": torch.get_num_threads(), **memory.result()}
 
 
-def in_fresh_process(label: str, args) -> dict:
-    command = [sys.executable, __file__, "--only", label, "--samples", str(args.samples), "--seq-len",
-               str(args.seq_len), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+def in_fresh_process(label: str, windows: int, args) -> dict:
+    command = [sys.executable, __file__, "--only", label, "--windows", str(windows), "--seq-len",
+               str(args.seq_len), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--pipeline", args.pipeline]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -89,38 +101,17 @@ def in_fresh_process(label: str, args) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--methods", default=",".join(v for v in VARIANTS if v not in ALTERNATED[:2]),
-                        help=f"comma list of {', '.join(VARIANTS)}")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds of plain forward / hooks / bip (best shown)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady CPU times)")
-    parser.add_argument("--json", default=None, help="also write the figures here")
-    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one measurement
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.only:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        print("RESULT " + json.dumps(measure(args.only, args.samples, args.seq_len, args.batch_size)), flush=True)
-        return 0
-    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in labels if m not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {list(VARIANTS)}")
-
-    tokens = args.samples * args.seq_len
-    print(f"default model, {args.samples} x {args.seq_len} = {tokens} tokens, batch {args.batch_size}, "
-          f"{args.threads} torch thread(s), {os.cpu_count()} CPUs", flush=True)
+def measure_size(windows: int, labels: list[str], args) -> dict[str, dict]:
+    """Best of --repeat rounds of every label at one calibration size; prints a table."""
+    tokens = windows * args.seq_len
+    print(f"\ndefault model, {windows} x {args.seq_len} = {tokens} tokens, batch {args.batch_size}, "
+          f"{args.pipeline} pipeline, {args.threads} torch thread(s), {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
     results: dict[str, dict] = {}
 
     def run(label):
-        result = in_fresh_process(label, args)
-        if label not in results or result["seconds"] < results[label]["seconds"]:
+        result = in_fresh_process(label, windows, args)
+        if label not in results or result["cpu_seconds"] < results[label]["cpu_seconds"]:
             results[label] = result
         print(f"  {label:<16} {result['seconds']:8.2f} s wall {result['cpu_seconds']:8.2f} s CPU", flush=True)
 
@@ -131,7 +122,6 @@ def main(argv=None) -> int:
     for label in labels:
         if label not in ALTERNATED:
             run(label)
-
     plain, plain_cpu = results["plain forward"]["seconds"], results["plain forward"]["cpu_seconds"]
     mib = 2 ** 20
     print(f"\n{'':<16} {'wall s':>8} {'x plain':>8} {'CPU s':>8} {'x plain':>8} {'peak MiB':>9} {'+MiB':>7}")
@@ -139,10 +129,48 @@ def main(argv=None) -> int:
         extra = (r["peak_memory_bytes"] - r["memory_at_start_bytes"]) / mib
         print(f"{label:<16} {r['seconds']:8.2f} {r['seconds'] / plain:8.2f} {r['cpu_seconds']:8.2f} "
               f"{r['cpu_seconds'] / plain_cpu:8.2f} {r['peak_memory_bytes'] / mib:9.0f} {extra:7.0f}")
-    print(f"\npeak memory: {next(iter(results.values()))['peak_memory_kind']}; +MiB: above the level at the start")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--windows", default="64", help="calibration windows, a comma list (e.g. 16,64,256)")
+    parser.add_argument("--samples", type=int, default=None, help=argparse.SUPPRESS)  # old name of --windows N
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--pipeline", default="whole", choices=("whole", "layerwise"))
+    parser.add_argument("--methods", default=",".join(v for v in VARIANTS if v not in ALTERNATED[:2]),
+                        help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of plain forward / hooks / bip (best shown)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady CPU times)")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one measurement
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sizes = [args.samples] if args.samples else [int(w) for w in args.windows.split(",") if w.strip()]
+    if args.only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        result = measure(args.only, sizes[0], args.seq_len, args.batch_size, args.pipeline)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in labels if m not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(VARIANTS)}")
+    by_size = {windows: measure_size(windows, labels, args) for windows in sizes}
+    print(f"\nCPU seconds x plain forward ({args.pipeline} pipeline):")
+    print(f"{'':<16}" + "".join(f"{w:>8}" for w in sizes))
+    for label in next(iter(by_size.values())):
+        print(f"{label:<16}" + "".join(f"{r[label]['cpu_seconds'] / r['plain forward']['cpu_seconds']:8.2f}"
+                                        for r in by_size.values()))
+    print(f"\npeak memory: {next(iter(by_size[sizes[0]].values()))['peak_memory_kind']}; +MiB: above the level "
+          "at the start. Best of --repeat by CPU seconds.")
     if args.json:
-        Path(args.json).write_text(json.dumps({"tokens": tokens, "batch_size": args.batch_size,
-                                               "threads": args.threads, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"seq_len": args.seq_len, "batch_size": args.batch_size,
+                                               "threads": args.threads, "pipeline": args.pipeline,
+                                               "results": {str(w): r for w, r in by_size.items()}}, indent=2))
     return 0
 
 

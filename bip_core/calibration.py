@@ -61,10 +61,10 @@ class RunningMoments:
         self.count = 0
         self.mean = self.m2 = None
 
-    def _scatter(self, d: torch.Tensor) -> torch.Tensor:  # d: [..., tokens, features]
+    def _scatter(self, d: torch.Tensor) -> torch.Tensor:  # d: [..., tokens, features], a fresh tensor
         if self.covariance:
             return d.transpose(-1, -2) @ d
-        return (d * d).sum(-2)
+        return d.square_().sum(-2)  # in place: one temporary fewer per batch
 
     def add(self, x: torch.Tensor) -> None:
         x = x.float()
@@ -124,8 +124,13 @@ class LayerStats:
         self.parts = block_parts(model, index)
         self.geometry = layer_geometry(model, index)
         self.tokens = 0
+        self.planned_tokens: int | None = None  # all calibration tokens, told by the driver (`begin`)
         self.sums: dict[str, torch.Tensor] = {}
         self.muted = _nothing  # set by the driver
+
+    def begin(self, planned_tokens: int) -> None:
+        """Called by the driver before the first batch with the number of calibration tokens to come."""
+        self.planned_tokens = int(planned_tokens)
 
     def bind(self, layer: torch.nn.Module) -> None:
         """Read weights from `layer` (a copy of this block holding real tensors) from now on."""
@@ -270,6 +275,7 @@ def run_calibration(model, input_ids: torch.Tensor, stats: list[LayerStats], bat
     decoder = getattr(model, model.base_model_prefix, model)  # e.g. LlamaModel: no LM head
     try:
         for i, s in enumerate(stats):
+            s.begin(input_ids.numel())
             taps.attach(block_parts(model, i), s, step)
         with torch.set_grad_enabled(backward):
             for batch in batches:

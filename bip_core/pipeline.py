@@ -165,12 +165,15 @@ def run_layerwise(model, weights, input_ids: torch.Tensor | None, stats: list[La
     for i, skeleton_layer in enumerate(layers):
         layer = onload(model, skeleton_layer, weights, device, dtype)
         stats[i].bind(layer)
-        if inputs is None:
-            counter.step(f"layer {i + 1}/{len(layers)}")
-        else:
+        if input_ids is not None:
+            stats[i].begin(input_ids.numel())
+        where = f"layer {i + 1}/{len(layers)}"
+        if inputs is not None:
             _calibrate_layer(layer, stats[i], inputs, keep_outputs=after_layer is None,
-                             after_batch=lambda b: counter.step(f"layer {i + 1}/{len(layers)}, batch {b + 1}/{len(batches)}"))
+                             after_batch=lambda b: counter.step(f"{where}, batch {b + 1}/{len(batches)}"))
         entries.append(stats[i].finish())
+        if inputs is None:
+            counter.step(where)
         if after_layer is not None:
             after_layer(i, layer, entries[-1])
             if inputs is not None:

@@ -85,6 +85,7 @@ def wide_saved(tmp_path_factory):
     return model, folder
 
 
+@pytest.mark.slow
 def test_skeleton_read_from_safetensors_scores_like_the_model_in_memory(wide_saved, tokenizer, short_text):
     model, folder = wide_saved
     small, calibration = SmallVocab(tokenizer, 512), {**CALIBRATION, "source": short_text}

@@ -122,7 +122,8 @@ def test_bip_ablation_on_default_model(default_loaded, capsys):
     indices = (0, 11, 29)  # 11 holds a massive-activation channel
     inputs = block_inputs(model, tokenizer, indices)
     for unit in ("kv_group", "query_slot"):
-        bip = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="measured", **CALIBRATION)
+        bip = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="measured", probe_share=1,
+                    **CALIBRATION)
         direct = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="zero", **CALIBRATION)
         report = []
         for index in indices:
@@ -138,7 +139,7 @@ def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
     inputs = block_inputs(tiny_model, tokenizer, range(len(decoder_layers(tiny_model))))
     for unit in units:
         bip = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="measured",
-                    **CALIBRATION)
+                    probe_share=1, **CALIBRATION)
         direct = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="zero", **CALIBRATION)
         report = []
         for index in range(len(decoder_layers(tiny_model))):
@@ -149,7 +150,7 @@ def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
 
 
 def test_directional_gain_makes_unit_scores_the_measured_block_output_change(tiny_model, tokenizer):
-    """With every calibration token probed (72 <= lipschitz_tokens), gain_g * mean_t ||delta_tg|| is
+    """With every calibration token probed (probe_share=1, 72 tokens), gain_g * mean_t ||delta_tg|| is
     exactly mean_t ||Delta y_tg||: the block-output change of removing unit g, through the MLP."""
     geometry = model_geometry(tiny_model)[0]
     units = ["head"] if geometry.n_rep == 1 else ["kv_group", "query_slot"]
@@ -157,7 +158,7 @@ def test_directional_gain_makes_unit_scores_the_measured_block_output_change(tin
     inputs = block_inputs(tiny_model, tokenizer, layers)
     for unit in units:
         scores = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="directional",
-                       **CALIBRATION)
+                       probe_share=1, **CALIBRATION)
         for index in layers:
             block = Block64(tiny_model, index, *inputs[index])
             y, _ = block.run()

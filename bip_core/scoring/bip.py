@@ -16,8 +16,12 @@ How far the MLP after the attention carries a unit's change into the block outpu
                              e random with ||e|| = eps * ||h||
     "zero"                   A_lg = 1 ("direct": the residual change only)
 
-Each probe (L and the gains, separately) uses `lipschitz_tokens` tokens drawn at random (seeded)
-from the first calibration batches. L_l is always estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
+Each probe (L and the gains, separately) uses k = min(lipschitz_tokens, max(32, calibration tokens /
+probe_share)) tokens (128 at 64 x 128 calibration tokens, 32 at 16 x 128) drawn at random (seeded)
+from the first calibration batches, and reuses F(h) from the block's own pass: the gains cost
+units x k MLP token-passes per block, L another k, a fixed share (~4%) of the pass at every
+calibration size (probe_share=1: every token up to lipschitz_tokens, as before; same scores at 64 x
+128 and up). L_l is always estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
 "lipschitz" is the L_l the score used, "unit_gain" the directional factors. L_l is a local,
 random-direction estimate, not a certified constant: single tokens can exceed (1 + L_l) ||delta||.
 
@@ -48,10 +52,12 @@ from .units import unit_query_heads
 
 PASS = "forward"
 DEFAULTS = {"aggregation": "std", "lipschitz": "directional", "lipschitz_quantile": 1.0,
-            "lipschitz_tokens": 128, "lipschitz_eps": 0.01}
+            "lipschitz_tokens": 128, "probe_share": 64, "lipschitz_eps": 0.01}
 CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("directional", "measured", "zero")}
+MIN_PROBE_TOKENS = 32  # probes of small calibrations use at least this many tokens (or all there are)
 LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
           "lipschitz_tokens": (lambda n: n >= 1, ">= 1"),
+          "probe_share": (lambda n: n >= 1, ">= 1"),
           "lipschitz_eps": (lambda eps: eps > 0, "> 0")}
 
 
@@ -59,24 +65,24 @@ Mlp = Callable[[torch.Tensor], torch.Tensor]  # F(h) = MLP(RMSNorm2(h)), [..., h
 
 
 # ---- the probes: pure functions of the block's MLP F and the probed tokens ------------------------------
-def directional_change(mlp: Mlp, h: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def directional_change(mlp: Mlp, h: torch.Tensor, f_h: torch.Tensor,
+                       delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_t ||Delta y_tg||, sum_t ||delta_tg||) per unit, Delta y_tg = delta_tg + F(h_t) - F(h_t - delta_tg):
     the block-output change of removing unit g at token t, through the MLP.
 
-    h: [k, hidden] probed tokens (the model's dtype); delta: [units, k, hidden] float32."""
-    probe = torch.cat([h[None], (h.float()[None] - delta).to(h.dtype)])  # [1 + units, k, hidden]
-    f = mlp(probe).float()
-    change = delta + f[:1] - f[1:]  # [units, k, hidden]
+    h: [k, hidden] probed tokens (the model's dtype); f_h = F(h) [k, hidden] (the block's own MLP
+    output at those tokens); delta: [units, k, hidden] float32. Costs `units` MLP passes over k tokens."""
+    f = mlp((h.float()[None] - delta).to(h.dtype)).float()  # F(h - delta)  [units, k, hidden]
+    change = delta + f_h.float()[None] - f  # [units, k, hidden]
     return change.norm(dim=-1).sum(1), delta.norm(dim=-1).sum(1)
 
 
-def lipschitz_ratios(mlp: Mlp, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """||F(h + e) - F(h)|| / ||e|| per token; h: [k, hidden] (the model's dtype), e: [k, hidden] float32.
-    e is taken as the model's dtype rounded it."""
-    probe = torch.cat([h, h + e.to(h.dtype)])  # [2k, hidden]: h and h + e
-    f = mlp(probe).float()
-    e = (probe[len(h):] - probe[:len(h)]).float()
-    return (f[len(h):] - f[:len(h)]).norm(dim=-1) / e.norm(dim=-1)
+def lipschitz_ratios(mlp: Mlp, h: torch.Tensor, f_h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """||F(h + e) - F(h)|| / ||e|| per token; h, f_h = F(h): [k, hidden] (the model's dtype), e: [k, hidden]
+    float32, taken as the model's dtype rounded it. Costs one MLP pass over k tokens."""
+    moved = h + e.to(h.dtype)
+    e = (moved.float() - h.float())
+    return (mlp(moved).float() - f_h.float()).norm(dim=-1) / e.norm(dim=-1)
 
 
 def random_directions(h: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
@@ -111,8 +117,8 @@ class Stats(LayerStats):
     def on_block(self, taps: BlockTaps) -> None:
         super().on_block(taps)  # unit and channel statistics (on_o_input, on_down_input below)
         if self.directional and self.units:
-            self.probe_gains(taps.z, taps.h)
-        self.probe_lipschitz(taps.h)
+            self.probe_gains(taps.z, taps.h, taps.f)
+        self.probe_lipschitz(taps.h, taps.f)
 
     # ---- attention: mean_t ||W_g z_tg|| ----------------------------------------------------------
     def unit_inputs(self, z: torch.Tensor) -> torch.Tensor:
@@ -154,13 +160,22 @@ class Stats(LayerStats):
             self.add("squared_m", (m.float() ** 2).sum(0))  # sum_t m_tj^2
 
     # ---- the probes, on a few seeded tokens of the first batches --------------------------------------
+    def probe_tokens(self) -> int:
+        """Tokens each probe uses: one in `probe_share` of the calibration tokens (at least
+        MIN_PROBE_TOKENS), at most `lipschitz_tokens`: the probes cost a fixed share of the pass at
+        every calibration size."""
+        most = self.options["lipschitz_tokens"]
+        if self.planned_tokens is None:
+            return most
+        return min(most, max(MIN_PROBE_TOKENS, -(-self.planned_tokens // self.options["probe_share"])))
+
     def pick(self, tokens: int, wanted: int, device) -> torch.Tensor:
         return torch.randperm(tokens, generator=self.generator)[:wanted].to(device)
 
-    def probe_gains(self, z: torch.Tensor, h: torch.Tensor) -> None:
+    def probe_gains(self, z: torch.Tensor, h: torch.Tensor, f: torch.Tensor) -> None:
         """"directional": the MLP's gain along each unit's own change (delta centred on the batch mean
         for "std", i.e. with the mean put back as compensation does)."""
-        wanted = self.options["lipschitz_tokens"] - self.gain_tokens
+        wanted = self.probe_tokens() - self.gain_tokens
         if wanted <= 0:
             return
         z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
@@ -168,18 +183,18 @@ class Stats(LayerStats):
         centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
         w_units = self.unit_inputs(weight(self.parts.o_proj).to(h.device))  # [units, hidden, unit_width]
         delta = (z_units[:, picked] - centre) @ w_units.transpose(1, 2)  # [units, k, hidden]
-        change, size = directional_change(self.mlp, h[picked], delta)
+        change, size = directional_change(self.mlp, h[picked], f[picked], delta)
         self.gain_sums += torch.stack([change, size]).cpu()
         self.gain_tokens += len(picked)
 
-    def probe_lipschitz(self, h: torch.Tensor) -> None:
+    def probe_lipschitz(self, h: torch.Tensor, f: torch.Tensor) -> None:
         """L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens."""
-        wanted = self.options["lipschitz_tokens"] - sum(len(r) for r in self.lipschitz_ratios)
+        wanted = self.probe_tokens() - sum(len(r) for r in self.lipschitz_ratios)
         if wanted <= 0:
             return
-        h = h[self.pick(h.shape[0], wanted, h.device)]  # [k, hidden]
-        e = random_directions(h, self.options["lipschitz_eps"], self.generator)
-        self.lipschitz_ratios.append(lipschitz_ratios(self.mlp, h, e).cpu())
+        picked = self.pick(h.shape[0], wanted, h.device)
+        e = random_directions(h[picked], self.options["lipschitz_eps"], self.generator)
+        self.lipschitz_ratios.append(lipschitz_ratios(self.mlp, h[picked], f[picked], e).cpu())
 
     def unit_gains(self) -> torch.Tensor:  # [units]
         return self.gain_sums[0] / self.gain_sums[1].clamp_min(1e-30)
