@@ -67,8 +67,11 @@ each unit's output change is measured. Only LLM-BIP has this factor.
 
 METHODS = """\
 **Baselines** (same plans, same surgery): *random*; *magnitude* (weight norms); *wanda-sp*
-(|weight| x input norm); *flap* (fluctuation of the input x weight norm, with bias compensation);
-*taylor* (LLM-Pruner, first-order, needs backward passes). Scores of every method you run are kept:
+(|weight| x input norm; its original is sequential: each layer is scored on the outputs of the
+already-pruned layers before it, `prune --sequential` in the CLI); *flap* (fluctuation of the input x
+weight norm, with bias compensation); *taylor* (LLM-Pruner, first-order, needs backward passes).
+Each method's own published allocation is "paper" (Wanda-sp and LLM-Pruner remove int(r x units) per
+layer, so they remove less than r; "paper-scaled" reaches r). Scores of every method you run are kept:
 switch between them in "Show scores of" to compare heatmaps.
 """
 

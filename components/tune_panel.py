@@ -12,7 +12,9 @@ from . import heatmaps, texts
 
 ALLOCATION_LABELS = {"uniform": "uniform", "global": "global, relative changes",
                      "global-energy": "global, squared changes (LLM-BIP)",
-                     "global-std": "global, standardised (FLAP)", "manual": "manual (per-layer sliders)"}
+                     "global-std": "global, standardised (FLAP)", "mlp-only": "MLP only (attention kept)",
+                     "paper": "the method's own rule (may remove less)",
+                     "paper-scaled": "the method's own rule, scaled to the ratio", "manual": "manual (per-layer sliders)"}
 PRESETS = {  # name -> (ratio, allocation, skip_first, skip_last)
     "Paper-style uniform 20%": (0.2, "uniform", 0, 0),
     "Paper-style uniform 50%": (0.5, "uniform", 0, 0),
