@@ -150,6 +150,15 @@ def default_unit(geometry: LayerGeometry) -> str:
     return "head" if geometry.n_rep == 1 else "kv_group"
 
 
+def input_device(model):
+    """Where the model's inputs go: its embeddings' device (the CPU when accelerate offloaded them to "meta":
+    accelerate's hooks then move the inputs)."""
+    import torch
+
+    device = model.get_input_embeddings().weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def decoder_layers(model) -> nn.ModuleList:
     inner = getattr(model, "model", model)
     return inner.layers

@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from .architecture import BlockParts, block_parts, decoder_layers, layer_geometry
+from .architecture import BlockParts, block_parts, decoder_layers, input_device, layer_geometry
 
 Progress = Callable[[int, int, str], None]
 
@@ -234,11 +234,6 @@ class TapGroup:
             stats.muted = _nothing
         self.handles.clear()
         self.fed.clear()
-
-
-def input_device(model) -> torch.device:
-    device = model.get_input_embeddings().weight.device
-    return torch.device("cpu") if device.type == "meta" else device  # offloaded: accelerate moves inputs
 
 
 class ProgressCounter:

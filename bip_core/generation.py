@@ -23,6 +23,8 @@ import torch
 from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                           TopKLogitsWarper, TopPLogitsWarper)
 
+from .architecture import input_device
+
 UNFINISHED_CHAR = "\ufffd"  # a multi-byte character cut in the middle: wait for its next token
 
 
@@ -102,7 +104,7 @@ class _Decoder:
     def __init__(self, model, tokenizer, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float,
                  top_p: float, top_k: int, repetition_penalty: float, seed: int):
         self.model, self.tokenizer = model, tokenizer
-        self.device = model.get_input_embeddings().weight.device
+        self.device = input_device(model)
         self.settings = (temperature, top_p, top_k, repetition_penalty)
         self.processors = logits_processors(*self.settings)
         self.generator = torch.Generator().manual_seed(int(seed))

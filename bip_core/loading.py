@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .architecture import family_of, summary
+from .architecture import family_of, input_device, summary
 from .devices import dtype_name, parse_max_memory, resolve_device, resolve_dtype
 from .default_model import DEFAULT_NAME, PROVENANCE, ensure_default_model
 from .errors import ExportError, ModelSpecError
@@ -145,11 +145,6 @@ def load_options(dtype="auto", device="auto", max_memory=None, offload_folder=No
     return LoadOptions(resolved, resolve_dtype(dtype, resolved), parse_max_memory(max_memory),
                        str(Path(offload_folder).expanduser()) if offload_folder else None, pipeline, device_map,
                        trust_remote_code)
-
-
-def _input_device(model) -> torch.device:
-    device = model.get_input_embeddings().weight.device
-    return torch.device("cpu") if device.type == "meta" else device
 
 
 def _cover_tokenizer(config, tokenizer) -> str:
@@ -275,14 +270,14 @@ def whole_model(found: FolderModel, spec: str, options: LoadOptions) -> LoadedMo
     """The model in memory (on the device, or spread by accelerate)."""
     if found.kind == "export":
         loaded = WHOLE["export"](found.folder, found.config, options)
-        loaded.weights, loaded.dtype, loaded.device = found.weights, options.dtype, _input_device(loaded.model)
+        loaded.weights, loaded.dtype, loaded.device = found.weights, options.dtype, input_device(loaded.model)
         return loaded
     model = WHOLE[found.kind](found.folder, found.config, options)
     tokenizer = found.tokenizer if found.tokenizer is not None else load_tokenizer(found.folder)
     random = found.kind == "random"
     return LoadedModel(model, tokenizer, spec, None if random else str(found.folder), found.family, found.note,
                        weights=None if random else found.weights,  # None: ModuleWeights(model)
-                       device=_input_device(model), dtype=options.dtype, pipeline="whole")
+                       device=input_device(model), dtype=options.dtype, pipeline="whole")
 
 
 BUILD = {"whole": whole_model, "layerwise": skeleton_model}

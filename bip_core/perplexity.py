@@ -23,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .architecture import input_device
 from .data import perplexity_windows
 
 PAPER_SPLIT = {"wikitext2": "test", "ptb": "valid", "wiki-bb": "test", "c4": "valid"}
@@ -32,11 +33,6 @@ LOGITS_BUDGET_BYTES = 64 * 2**20  # one float32 logits chunk: 64 MiB (341 rows o
 def paper_split(source: str) -> str:
     """The split the papers report for `source` (test for WikiText-2, validation for PTB)."""
     return PAPER_SPLIT.get(source, "test")
-
-
-def _input_device(model) -> torch.device:
-    weight = model.get_input_embeddings().weight
-    return weight.device if weight.device.type != "meta" else torch.device("cpu")
 
 
 def _split_model(model):
@@ -75,7 +71,7 @@ def window_nll(model, input_ids: torch.Tensor, batch_size: int = 8, progress=Non
     base, head = _split_model(model)
     vocab = getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", 1)
     rows = _chunk_rows(vocab, logits_budget_bytes)
-    device = _input_device(model)
+    device = input_device(model)
     n = input_ids.shape[0]
     total, count = 0.0, 0
     was_training = model.training

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from .architecture import count_params, model_geometry, unique_parameters
+from .architecture import count_params, input_device, model_geometry, unique_parameters
 from .generation import cache_argument
 
 
@@ -83,7 +83,7 @@ def _run_once(model, ids: torch.Tensor, new_tokens: int, cache_arg: str) -> tupl
 
 def measure_throughput(model, batch_size: int, prompt_len: int, new_tokens: int, repeats: int, warmup: int,
                        vocab: int, seed: int = 0) -> dict:
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (batch_size, prompt_len), generator=generator).to(device)
     cache_arg = cache_argument(model)
@@ -121,7 +121,7 @@ def measure_speed(model, tokenizer=None, batch_sizes=(1, 8), prompt_len: int = 1
                                                  vocab, seed))
     finally:
         model.train(was_training)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     return {
         "params": _params(model),
         "macs": count_macs(model, prompt_len),

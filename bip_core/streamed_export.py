@@ -21,11 +21,12 @@ from .errors import ExportError
 from .export import GENERATION_CONFIG_FILE, MAX_SHARD_BYTES, write_export
 from .plan import Plan
 from .skeleton import empty_model
+from .weights import StateDictWeights
 from .surgery import compensated, compensation_bias, compensation_inputs, kept_indices, pruned_tensor, \
     record_pruned_shapes
 
 
-class PrunedWeights:
+class PrunedWeights(StateDictWeights):
     """The pruned model's tensors, made on demand from the base model's weight source (the same interface
     as bip_core.weights: names, shape, dtype, get). `dtype` casts floating tensors."""
 
@@ -34,15 +35,6 @@ class PrunedWeights:
         self.source, self.plan, self.means, self.cast = source, plan, compensation_means, dtype
         self.state = skeleton.state_dict(keep_vars=True)
         self._layer: tuple[int, dict, dict] | None = None  # (layer, kept indices, compensation biases)
-
-    def names(self) -> list[str]:
-        return list(self.state)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.state
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.state[name].shape)
 
     def dtype(self, name: str) -> torch.dtype:
         parsed = parse_linear_name(name)

@@ -82,6 +82,71 @@ def _chart_title(row: dict, model_name: str) -> str:
             f"{row['seq_len']} tokens, {row['tokens']} scored tokens)")
 
 
+class _Run:
+    """One sweep's evaluation settings, its rows so far and its progress."""
+
+    def __init__(self, model, tokenizer, evaluation: dict, out, extra_metrics, progress, total: int):
+        self.model, self.tokenizer, self.evaluation, self.out = model, tokenizer, evaluation, out
+        self.extra_metrics, self.progress, self.total, self.step = extra_metrics, progress, total, 0
+        self.rows: list[dict] = []
+
+    def tick(self, desc: str) -> None:
+        self.step += 1
+        if self.progress is not None:
+            self.progress(self.step, self.total, desc)
+
+    def evaluate(self, model) -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        result = perplexity(model, self.tokenizer, **self.evaluation)
+        return {k: result[k] for k in ("ppl", "nll", "dataset", "split", "seq_len", "windows", "tokens")}, \
+            time.perf_counter() - t0
+
+    def record(self, row: dict, evaluated=None) -> None:
+        extra = self.extra_metrics(evaluated) if self.extra_metrics is not None and evaluated is not None else {}
+        self.rows.append({**{column: row.get(column) for column in COLUMNS}, **extra})
+        if self.out is not None:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            _table(self.rows).to_csv(self.out, index=False)
+
+
+def _dense_row(run: _Run) -> None:
+    from .architecture import count_params
+
+    result, seconds = run.evaluate(run.model)
+    params = count_params(run.model)
+    run.record({"method": "dense", "allocation": "-", "ratio": 0.0, **result, "params": params["total"],
+                "params_attention_mlp": params["attention_mlp"], "removed_attention_mlp": 0.0, "removed_total": 0.0,
+                "eval_seconds": seconds, "bias_compensation": False}, evaluated=run.model)
+    run.tick("dense")
+
+
+def _prune_and_evaluate(run: _Run, scores, row: dict, compensate: bool) -> None:
+    """One (allocation, ratio) row: plan, prune, evaluate, record (a plan error becomes the row's error)."""
+    from .architecture import count_params
+    from .plan import make_plan
+    from .surgery import prune_model
+
+    label = f"{row['method']} {row['allocation']} {row['ratio']}"
+    try:
+        t0 = time.perf_counter()
+        plan = make_plan(scores, run.model, row["ratio"], allocation=row["allocation"])
+        pruned = prune_model(run.model, plan, bias_compensation=compensate, scores=scores)
+        row["prune_seconds"] = time.perf_counter() - t0
+    except PlanError as err:
+        run.record({**row, "error": str(err)})
+        run.tick(f"{label}: {err}")
+        return
+    summary = plan.summary()
+    result, seconds = run.evaluate(pruned)
+    params = count_params(pruned)
+    run.record({**row, **result, "params": params["total"], "params_attention_mlp": params["attention_mlp"],
+                "removed_attention_mlp": summary["removed_attention_mlp"], "removed_total": summary["removed_total"],
+                "eval_seconds": seconds}, evaluated=pruned)
+    del pruned
+    gc.collect()
+    run.tick(f"{label}: ppl {result['ppl']:.2f}")
+
+
 def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str = "wiki-bb", samples: int = 64,
           seq_len: int = 128, seed: int = 0, ppl_source: str = "wiki-bb", ppl_split: str | None = None,
           windows: int | None = None, ppl_seq_len: int = 128, batch_size: int = 8, bias_compensation="auto",
@@ -91,11 +156,8 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
 
     extra_metrics(model) -> dict, when given, is called on every evaluated model (the dense one first)
     and its entries become extra columns (e.g. zero-shot accuracy, speed-ups). score_options go to every
-    `score()` call as they are (e.g. weights / device / pipeline of the layer-wise contract)."""
-    from .architecture import count_params
-    from .plan import make_plan
+    `score()` call as they are (e.g. the placement of the layer-wise pipeline)."""
     from .scoring import score
-    from .surgery import prune_model
 
     methods = [methods] if isinstance(methods, str) else list(methods)
     ratios = [float(r) for r in ratios]
@@ -104,79 +166,31 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
         raise PlanError("The sweep cannot use the manual allocation (it needs per-layer ratios); use uniform, "
                         "global or global-std.")
     model_name = model_name or getattr(model.config, "name_or_path", "") or type(model).__name__
-    ppl_split = ppl_split or paper_split(ppl_source)
-    out = Path(out) if out else None
-    rows: list[dict] = []
-    total = len(methods) * (1 + len(ratios) * len(allocations)) + int(dense)
-    step = 0
-
-    def tick(desc):
-        nonlocal step
-        step += 1
-        if progress is not None:
-            progress(step, total, desc)
-
-    def evaluate(m) -> tuple[dict, float]:
-        t0 = time.perf_counter()
-        result = perplexity(m, tokenizer, ppl_source, ppl_split, seq_len=ppl_seq_len, windows=windows,
-                            batch_size=batch_size)
-        return result, time.perf_counter() - t0
-
-    def record(row: dict, evaluated=None) -> None:
-        extra = extra_metrics(evaluated) if extra_metrics is not None and evaluated is not None else {}
-        rows.append({**{column: row.get(column) for column in COLUMNS}, **extra})
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            _table(rows).to_csv(out, index=False)
-
-    def protocol(result: dict) -> dict:
-        return {k: result[k] for k in ("ppl", "nll", "dataset", "split", "seq_len", "windows", "tokens")}
-
+    evaluation = {"source": ppl_source, "split": ppl_split or paper_split(ppl_source), "seq_len": ppl_seq_len,
+                  "windows": windows, "batch_size": batch_size}
+    run = _Run(model, tokenizer, evaluation, Path(out) if out else None, extra_metrics, progress,
+               len(methods) * (1 + len(ratios) * len(allocations)) + int(dense))
     calibration = {"calibration_source": data, "calibration_samples": samples, "calibration_seq_len": seq_len,
                    "seed": seed}
     if dense:
-        result, seconds = evaluate(model)
-        params = count_params(model)
-        record({"method": "dense", "allocation": "-", "ratio": 0.0, **protocol(result), "params": params["total"],
-                "params_attention_mlp": params["attention_mlp"], "removed_attention_mlp": 0.0, "removed_total": 0.0,
-                "eval_seconds": seconds, "bias_compensation": False}, evaluated=model)
-        tick("dense")
+        _dense_row(run)
     for spec in methods:
         method, options = parse_method(spec)
         scores = score(model, tokenizer, method=method, source=data, samples=samples, seq_len=seq_len, seed=seed,
                        batch_size=batch_size, model_name=model_name, **(score_options or {}), **options)
-        tick(f"scored {spec}")
+        run.tick(f"scored {spec}")
         compensate = _use_compensation(bias_compensation, scores)
         common = {"method": spec, "score_seconds": scores.meta.get("seconds"), "unit": scores.meta.get("unit"),
                   "score_peak_memory_bytes": scores.meta.get("peak_memory_bytes"), "bias_compensation": compensate,
                   **calibration}
         for allocation in allocations:
             for ratio in ratios:
-                row = {**common, "allocation": allocation, "ratio": ratio}
-                try:
-                    t0 = time.perf_counter()
-                    plan = make_plan(scores, model, ratio, allocation=allocation)
-                    pruned = prune_model(model, plan, bias_compensation=compensate, scores=scores)
-                    row["prune_seconds"] = time.perf_counter() - t0
-                except PlanError as err:
-                    record({**row, "error": str(err)})
-                    tick(f"{spec} {allocation} {ratio}: {err}")
-                    continue
-                summary = plan.summary()
-                result, seconds = evaluate(pruned)
-                params = count_params(pruned)
-                record({**row, **protocol(result), "params": params["total"],
-                        "params_attention_mlp": params["attention_mlp"],
-                        "removed_attention_mlp": summary["removed_attention_mlp"],
-                        "removed_total": summary["removed_total"], "eval_seconds": seconds}, evaluated=pruned)
-                del pruned
-                gc.collect()
-                tick(f"{spec} {allocation} {ratio}: ppl {result['ppl']:.2f}")
+                _prune_and_evaluate(run, scores, {**common, "allocation": allocation, "ratio": ratio}, compensate)
         del scores
-    table = _table(rows)
+    table = _table(run.rows)
     if out is not None:
-        evaluated = next((r for r in rows if r["ppl"] is not None and not _isnan(r["ppl"])), None)
-        write_chart(table, out.with_suffix(".html"),
+        evaluated = next((r for r in run.rows if r["ppl"] is not None and not _isnan(r["ppl"])), None)
+        write_chart(table, run.out.with_suffix(".html"),
                     _chart_title(evaluated, model_name) if evaluated else f"{model_name}: perplexity vs ratio")
     return table
 

@@ -6,6 +6,8 @@ default tokenizer. The vocabulary matches the default tokenizer so any text can 
 """
 from __future__ import annotations
 
+from .architecture import SUPPORTED_FAMILIES
+
 DEFAULT_VOCAB = 49152
 
 
@@ -30,4 +32,4 @@ def tiny_config(family: str = "llama", gqa: bool = True, layers: int = 3, hidden
     raise ValueError(f"no tiny config for family '{family}'")
 
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = SUPPORTED_FAMILIES

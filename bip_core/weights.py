@@ -108,12 +108,10 @@ class FolderWeights:
         return _cast(tensor, device, dtype)
 
 
-class ModuleWeights:
-    """The tensors of a model in memory, by state-dict name (offloaded parameters are materialised)."""
+class StateDictWeights:
+    """Names and shapes from a module's state dict (`self.state`); subclasses say how tensors are made."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.state = model.state_dict(keep_vars=True)
+    state: dict
 
     def names(self) -> list[str]:
         return list(self.state)
@@ -123,6 +121,14 @@ class ModuleWeights:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.state[name].shape)
+
+
+class ModuleWeights(StateDictWeights):
+    """The tensors of a model in memory, by state-dict name (offloaded parameters are materialised)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.state = model.state_dict(keep_vars=True)
 
     def dtype(self, name: str) -> torch.dtype:
         return self.state[name].dtype
@@ -210,5 +216,5 @@ def write_sharded(folder, entries: Iterable[TensorEntry], fetch: Callable[[str],
     return names + [INDEX_FILE]
 
 
-__all__ = ["FolderWeights", "ModuleWeights", "TensorEntry", "open_weights", "read_header", "write_safetensors",
+__all__ = ["FolderWeights", "ModuleWeights", "StateDictWeights", "TensorEntry", "open_weights", "read_header", "write_safetensors",
            "write_sharded", "shard", "INDEX_FILE", "SINGLE_FILE"]

@@ -105,6 +105,82 @@ def mlp_bins(mlp: np.ndarray, removed: set | None, bins: int, order: str, floor:
     return np.round(vals, 3), k / counts, custom
 
 
+def _attention_trace(att: list, removed, unit: str, floor: float) -> tuple[go.Heatmap, float, float]:
+    """One cell per attention unit (log10 score, a cross where the plan removes it); the colour range."""
+    n_layers, n_units = len(att), max(a.size for a in att)
+    z = np.full((n_layers, n_units), np.nan)
+    text = [["" for _ in range(n_units)] for _ in range(n_layers)]
+    hover = [["" for _ in range(n_units)] for _ in range(n_layers)]
+    for i, a in enumerate(att):
+        z[i, : a.size] = _log10(a, floor)
+        for u in range(a.size):
+            gone = removed is not None and u in removed[i][0]
+            text[i][u] = "✕" if gone else ""
+            hover[i][u] = (f"layer {i}, {unit} {u}<br>score {a[u]:.4g}"
+                           + ("<br><b>removed</b>" if gone else ("<br>kept" if removed is not None else "")))
+    z = np.round(z, 3)
+    lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.5, hi + 0.5
+    trace = go.Heatmap(z=z, x=[f"{u}" for u in range(n_units)], y=list(range(n_layers)), text=text,
+                       texttemplate="%{text}", textfont=dict(color="white", size=14), customdata=hover,
+                       hovertemplate="%{customdata}<extra></extra>", coloraxis="coloraxis2", xgap=2, ygap=1)
+    return trace, lo, hi
+
+
+def _add_mlp_traces(fig: go.Figure, mlp: list, removed, bins: int, order: str, floor: float) -> None:
+    """Binned channels in column 2, with an overlay of the removed share of each bin."""
+    zm, zr, cd = [], [], []
+    for i, m in enumerate(mlp):
+        vals, fracs, custom = mlp_bins(m, removed[i][1] if removed is not None else None, bins, order, floor)
+        zm.append(vals)
+        zr.append(fracs)
+        cd.append(custom)
+    width, y = max(len(r) for r in zm), list(range(len(mlp)))
+    zm = np.array([np.pad(r, (0, width - len(r)), constant_values=np.nan) for r in zm], dtype=np.float32)
+    cd = np.array([np.pad(c, ((0, width - len(c)), (0, 0))) for c in cd], dtype=np.float32)
+    if order == "sorted":
+        tmpl = ("layer %{y}<br>channels ranked %{customdata[0]:d}-%{customdata[1]:d}"
+                "<br>scores %{customdata[2]:.3g} - %{customdata[3]:.3g}")
+    else:
+        tmpl = ("layer %{y}<br>channels %{customdata[0]:d}-%{customdata[1]:d}"
+                "<br>max score %{customdata[3]:.3g} (channel %{customdata[2]:d})")
+    if removed is not None:
+        tmpl += "<br><b>removed %{customdata[4]:d} of %{customdata[5]:d}</b>"
+    fig.add_trace(go.Heatmap(z=zm, y=y, customdata=cd, hovertemplate=tmpl + "<extra></extra>",
+                             coloraxis="coloraxis"), row=1, col=2)
+    if removed is not None:
+        zr = np.array([np.pad(np.where(r > 0, np.round(r, 3), np.nan), (0, width - len(r)), constant_values=np.nan)
+                       for r in zr], dtype=np.float32)
+        fig.add_trace(go.Heatmap(z=zr, y=y, zmin=0, zmax=1, showscale=False, hoverinfo="skip",
+                                 colorscale=[[0, REMOVED_RGBA.format(a=0.15)], [1, REMOVED_RGBA.format(a=0.5)]]),
+                      row=1, col=2)
+
+
+def _add_removed_bars(fig: go.Figure, att: list, mlp: list, removed) -> None:
+    """Column 3: the share of each layer's attention units and MLP channels removed."""
+    y = list(range(len(att)))
+    att_frac = [len(removed[i][0]) / max(1, att[i].size) for i in y]
+    mlp_frac = [len(removed[i][1]) / max(1, mlp[i].size) for i in y]
+    fig.add_trace(go.Bar(x=att_frac, y=y, orientation="h", name="attention", marker_color="#7c3aed",
+                         hovertemplate="layer %{y}: %{x:.0%} of attention removed<extra></extra>"), row=1, col=3)
+    fig.add_trace(go.Bar(x=mlp_frac, y=y, orientation="h", name="MLP", marker_color="#f59e0b",
+                         hovertemplate="layer %{y}: %{x:.0%} of MLP channels removed<extra></extra>"), row=1, col=3)
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", nticks=3, row=1, col=3)
+    fig.update_layout(barmode="group", bargap=0.15, bargroupgap=0.0,
+                      legend=dict(orientation="h", x=1, xanchor="right", y=-0.045, yanchor="top",
+                                  font=dict(size=11), title=dict(text="removed:")))
+
+
+def _color_axes(fig: go.Figure, mlp_range, att_range) -> None:
+    bar = dict(thickness=12, len=0.42, x=1.01, xanchor="left", tickfont=dict(size=10))
+    fig.update_layout(
+        coloraxis=dict(colorscale=COLORSCALE, cmin=float(mlp_range[0]), cmax=float(mlp_range[1]),
+                       colorbar=dict(title=dict(text="MLP<br>log10", side="top"), y=0.0, yanchor="bottom", **bar)),
+        coloraxis2=dict(colorscale=COLORSCALE, cmin=att_range[0], cmax=att_range[1],
+                        colorbar=dict(title=dict(text="attention<br>log10", side="top"), y=1.0, yanchor="top", **bar)))
+
+
 def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: str = "sorted",
                   bins: int = 96, title: str | None = None) -> go.Figure:
     """Attention units | MLP channels (binned) | share removed per layer, on one shared layer axis."""
@@ -118,81 +194,19 @@ def scores_figure(scores, removed: list[tuple[set, set]] | None = None, order: s
     att = [np.asarray(layer["attention"], dtype=float) for layer in layers]
     mlp = [np.asarray(layer["mlp"], dtype=float) for layer in layers]
     floor = _floor(*att, *mlp)
-    n_units = max(a.size for a in att)
     show_removed = removed is not None
-
     cols = 3 if show_removed else 2
-    widths = [0.14, 0.68, 0.18] if show_removed else [0.16, 0.84]
-    fig = make_subplots(rows=1, cols=cols, shared_yaxes=True, column_widths=widths, horizontal_spacing=0.025,
+    fig = make_subplots(rows=1, cols=cols, shared_yaxes=True, horizontal_spacing=0.025,
+                        column_widths=[0.14, 0.68, 0.18] if show_removed else [0.16, 0.84],
                         subplot_titles=[f"Attention ({unit}s)",
                                         f"MLP channels ({'sorted, binned' if order == 'sorted' else 'by index, bin max'})",
                                         ""][:cols])
-    y = list(range(n_layers))
-
-    # Attention: one cell per unit.
-    z = np.full((n_layers, n_units), np.nan)
-    text = [["" for _ in range(n_units)] for _ in range(n_layers)]
-    hover = [["" for _ in range(n_units)] for _ in range(n_layers)]
-    for i, a in enumerate(att):
-        z[i, : a.size] = _log10(a, floor)
-        for u in range(a.size):
-            gone = show_removed and u in removed[i][0]
-            text[i][u] = "✕" if gone else ""
-            hover[i][u] = (f"layer {i}, {unit} {u}<br>score {a[u]:.4g}"
-                           + ("<br><b>removed</b>" if gone else ("<br>kept" if show_removed else "")))
-    z = np.round(z, 3)
-    att_lo, att_hi = float(np.nanmin(z)), float(np.nanmax(z))
-    if att_hi - att_lo < 1e-6:
-        att_lo, att_hi = att_lo - 0.5, att_hi + 0.5
-    mlp_lo, mlp_hi = np.percentile(np.concatenate([_log10(m, floor) for m in mlp]), [0.5, 99.8])
-    fig.add_trace(go.Heatmap(z=z, x=[f"{u}" for u in range(n_units)], y=y, text=text, texttemplate="%{text}",
-                             textfont=dict(color="white", size=14), customdata=hover,
-                             hovertemplate="%{customdata}<extra></extra>", coloraxis="coloraxis2",
-                             xgap=2, ygap=1), row=1, col=1)
-
-    # MLP: binned channels, with an overlay of the removed share of each bin.
-    zm, zr, cd = [], [], []
-    for i, m in enumerate(mlp):
-        vals, fracs, custom = mlp_bins(m, removed[i][1] if show_removed else None, bins, order, floor)
-        zm.append(vals)
-        zr.append(fracs)
-        cd.append(custom)
-    width = max(len(r) for r in zm)
-    zm = np.array([np.pad(r, (0, width - len(r)), constant_values=np.nan) for r in zm], dtype=np.float32)
-    cd = np.array([np.pad(c, ((0, width - len(c)), (0, 0))) for c in cd], dtype=np.float32)
-    if order == "sorted":
-        tmpl = ("layer %{y}<br>channels ranked %{customdata[0]:d}-%{customdata[1]:d}"
-                "<br>scores %{customdata[2]:.3g} - %{customdata[3]:.3g}")
-    else:
-        tmpl = ("layer %{y}<br>channels %{customdata[0]:d}-%{customdata[1]:d}"
-                "<br>max score %{customdata[3]:.3g} (channel %{customdata[2]:d})")
+    trace, att_lo, att_hi = _attention_trace(att, removed, unit, floor)
+    fig.add_trace(trace, row=1, col=1)
+    _add_mlp_traces(fig, mlp, removed, bins, order, floor)
     if show_removed:
-        tmpl += "<br><b>removed %{customdata[4]:d} of %{customdata[5]:d}</b>"
-    fig.add_trace(go.Heatmap(z=zm, y=y, customdata=cd, hovertemplate=tmpl + "<extra></extra>",
-                             coloraxis="coloraxis"), row=1, col=2)
-    if show_removed:
-        zr = np.array([np.pad(np.where(r > 0, np.round(r, 3), np.nan), (0, width - len(r)), constant_values=np.nan)
-                       for r in zr], dtype=np.float32)
-        fig.add_trace(go.Heatmap(z=zr, y=y, zmin=0, zmax=1, showscale=False, hoverinfo="skip",
-                                 colorscale=[[0, REMOVED_RGBA.format(a=0.15)], [1, REMOVED_RGBA.format(a=0.5)]]),
-                      row=1, col=2)
-        # Share removed per layer: attention and MLP parameters of that layer.
-        att_frac = [len(removed[i][0]) / max(1, att[i].size) for i in range(n_layers)]
-        mlp_frac = [len(removed[i][1]) / max(1, mlp[i].size) for i in range(n_layers)]
-        fig.add_trace(go.Bar(x=att_frac, y=y, orientation="h", name="attention", marker_color="#7c3aed",
-                             hovertemplate="layer %{y}: %{x:.0%} of attention removed<extra></extra>"), row=1, col=3)
-        fig.add_trace(go.Bar(x=mlp_frac, y=y, orientation="h", name="MLP", marker_color="#f59e0b",
-                             hovertemplate="layer %{y}: %{x:.0%} of MLP channels removed<extra></extra>"), row=1, col=3)
-        fig.update_xaxes(range=[0, 1], tickformat=".0%", nticks=3, row=1, col=3)
-        fig.update_layout(barmode="group", bargap=0.15, bargroupgap=0.0,
-                          legend=dict(orientation="h", x=1, xanchor="right", y=-0.045, yanchor="top",
-                                      font=dict(size=11), title=dict(text="removed:")))
-    bar = dict(thickness=12, len=0.42, x=1.01, xanchor="left", tickfont=dict(size=10))
-    fig.update_layout(
-        coloraxis=dict(colorscale=COLORSCALE, cmin=float(mlp_lo), cmax=float(mlp_hi),
-                       colorbar=dict(title=dict(text="MLP<br>log10", side="top"), y=0.0, yanchor="bottom", **bar)),
-        coloraxis2=dict(colorscale=COLORSCALE, cmin=att_lo, cmax=att_hi,
-                        colorbar=dict(title=dict(text="attention<br>log10", side="top"), y=1.0, yanchor="top", **bar)))
+        _add_removed_bars(fig, att, mlp, removed)
+    _color_axes(fig, np.percentile(np.concatenate([_log10(m, floor) for m in mlp]), [0.5, 99.8]), (att_lo, att_hi))
     fig.update_xaxes(showticklabels=True, title_text=unit, row=1, col=1)
     fig.update_xaxes(showticklabels=False, title_text="most important  →  least important"
                      if order == "sorted" else "channel index  →", row=1, col=2)
