@@ -43,8 +43,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     loaded = load_model("default")
     geometry = model_geometry(loaded.model)
-    units = sum(g.num_kv_heads for g in geometry)
-    channels = sum(g.intermediate for g in geometry)
+    units = sum(g.num_key_value_heads for g in geometry)
+    channels = sum(g.intermediate_size for g in geometry)
     cache = {}
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for label, method, options, allocation in CONFIGS:

@@ -27,7 +27,7 @@ from bip_core.scores import FORMAT, Scores, geometry_record  # noqa: E402
 def random_scores(model, unit: str) -> Scores:
     geometry = model_geometry(model)
     rng = np.random.default_rng(0)
-    layers = [{"attention": rng.random(g.num_units(unit)).tolist(), "mlp": rng.random(g.intermediate).tolist(),
+    layers = [{"attention": rng.random(g.num_units(unit)).tolist(), "mlp": rng.random(g.intermediate_size).tolist(),
                "output_scale": float(1 + rng.random())} for g in geometry]
     meta = {"format": FORMAT, "method": "random", "model": "benchmark", "unit": unit, "geometry": geometry_record(geometry)}
     return Scores.from_dict({"layers": layers, "meta": meta})
@@ -40,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(args.model).model
     geometry = model_geometry(model)
-    print(f"model {args.model}: {len(geometry)} layers, {geometry[0].num_heads} heads / {geometry[0].num_kv_heads} kv, "
-          f"intermediate {geometry[0].intermediate}; {args.repeats} repeats each")
+    print(f"model {args.model}: {len(geometry)} layers, {geometry[0].num_attention_heads} heads / {geometry[0].num_key_value_heads} kv, "
+          f"intermediate {geometry[0].intermediate_size}; {args.repeats} repeats each")
     print(f"{'unit':>10} {'allocation':>10} {'ratio':>5} {'round_to':>8} {'median ms':>9} {'max ms':>7} {'removed':>8}")
     worst = 0.0
     units = [default_unit(geometry[0])] + (["query_slot"] if geometry[0].n_rep > 1 else [])

@@ -88,21 +88,21 @@ class BlockParts:
 
 @dataclass(frozen=True)
 class LayerGeometry:
-    """Head layout and widths of one block, as its weights have them now."""
+    """Head layout and widths of one block, as its weights have them now, under the HF config's names."""
 
-    num_heads: int
-    num_kv_heads: int
+    num_attention_heads: int
+    num_key_value_heads: int
     head_dim: int
-    intermediate: int
-    hidden: int
+    intermediate_size: int
+    hidden_size: int
 
     @property
     def n_rep(self) -> int:
-        return self.num_heads // self.num_kv_heads if self.num_kv_heads else 0  # 0: attention pruned away
+        return self.num_attention_heads // self.num_key_value_heads if self.num_key_value_heads else 0  # 0: attention pruned away
 
     def num_units(self, unit: str) -> int:
         if unit == "kv_group" or unit == "head":
-            return self.num_kv_heads if unit == "kv_group" else self.num_heads
+            return self.num_key_value_heads if unit == "kv_group" else self.num_attention_heads
         if unit == "query_slot":
             return self.n_rep
         raise ValueError(f"unknown attention unit '{unit}'; choose one of {UNIT_KINDS}")
@@ -117,13 +117,13 @@ class LayerGeometry:
         if unit == "kv_group":
             return list(range(index * r, (index + 1) * r)), [index]
         if unit == "query_slot":
-            return [g * r + index for g in range(self.num_kv_heads)], []
+            return [g * r + index for g in range(self.num_key_value_heads)], []
         raise ValueError(f"unknown attention unit '{unit}'; choose one of {UNIT_KINDS}")
 
     def to_record(self) -> dict:
         """The serialized record (scores and plan files), in the HF config's names."""
-        return {"num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-                "head_dim": self.head_dim, "intermediate_size": self.intermediate, "hidden_size": self.hidden}
+        return {"num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
+                "head_dim": self.head_dim, "intermediate_size": self.intermediate_size, "hidden_size": self.hidden_size}
 
     @classmethod
     def from_record(cls, record: dict) -> "LayerGeometry":
@@ -189,11 +189,11 @@ def layer_geometry(model, index: int) -> LayerGeometry:
     parts = block_parts(model, index)
     head_dim = parts.attn.head_dim
     return LayerGeometry(
-        num_heads=parts.q_proj.out_features // head_dim,
-        num_kv_heads=parts.k_proj.out_features // head_dim,
+        num_attention_heads=parts.q_proj.out_features // head_dim,
+        num_key_value_heads=parts.k_proj.out_features // head_dim,
         head_dim=head_dim,
-        intermediate=parts.gate_proj.out_features,
-        hidden=parts.q_proj.in_features,
+        intermediate_size=parts.gate_proj.out_features,
+        hidden_size=parts.q_proj.in_features,
     )
 
 
@@ -204,8 +204,8 @@ def model_geometry(model) -> list[LayerGeometry]:
 def describe_geometry(geometries: list[LayerGeometry]) -> str:
     """'30 layers, 9 heads / 3 kv heads x 64, intermediate 1536, hidden 576' (or 'mixed widths')."""
     first = geometries[0] if geometries else None
-    shape = (f"{first.num_heads} heads / {first.num_kv_heads} kv heads x {first.head_dim}, intermediate "
-             f"{first.intermediate}, hidden {first.hidden}") if all(g == first for g in geometries) else "mixed widths"
+    shape = (f"{first.num_attention_heads} heads / {first.num_key_value_heads} kv heads x {first.head_dim}, intermediate "
+             f"{first.intermediate_size}, hidden {first.hidden_size}") if all(g == first for g in geometries) else "mixed widths"
     return f"{len(geometries)} layers, {shape}"
 
 
@@ -250,11 +250,11 @@ def summary(model) -> dict:
     return {
         "family": family_of(config),
         "layers": len(geoms),
-        "hidden": g0.hidden,
-        "heads": g0.num_heads if uniform else [g.num_heads for g in geoms],
-        "kv_heads": g0.num_kv_heads if uniform else [g.num_kv_heads for g in geoms],
+        "hidden": g0.hidden_size,
+        "heads": g0.num_attention_heads if uniform else [g.num_attention_heads for g in geoms],
+        "kv_heads": g0.num_key_value_heads if uniform else [g.num_key_value_heads for g in geoms],
         "head_dim": g0.head_dim,
-        "intermediate": g0.intermediate if uniform else [g.intermediate for g in geoms],
+        "intermediate": g0.intermediate_size if uniform else [g.intermediate_size for g in geoms],
         "n_rep": g0.n_rep if uniform else [g.n_rep for g in geoms],
         "attention": "MHA" if all(g.n_rep == 1 for g in geoms) else "GQA",
         "vocab": config.vocab_size,

@@ -56,7 +56,7 @@ class Costs:
             return np.asarray(d.get(key, [0] * len(geometry)), dtype=np.int64)
 
         return cls(units=np.asarray([g.num_units(unit) for g in geometry], dtype=np.int64),
-                   channels=np.asarray([g.intermediate for g in geometry], dtype=np.int64),
+                   channels=np.asarray([g.intermediate_size for g in geometry], dtype=np.int64),
                    unit_cost=ints("unit"), channel_cost=ints("channel"), layer_params=ints("layer_params"),
                    total=int(d["total"]), attention_rest=ints("attention_rest"), attention_norms=ints("attention_norms"))
 
@@ -72,7 +72,7 @@ def _layer_costs(model, i: int, geom: LayerGeometry, unit: str) -> tuple[int, ..
     """(units, channels, unit_cost, channel_cost, layer_params, attention_rest, attention_norms) of layer i."""
     p = block_parts(model, i)
     q_heads, kv_heads = geom.unit_heads(unit, 0)
-    hd, hidden = geom.head_dim, geom.hidden
+    hd, hidden = geom.head_dim, geom.hidden_size
     units = geom.num_units(unit)
     unit_cost = (len(q_heads) * hd * (2 * hidden + _has_bias(p.q_proj))
                  + len(kv_heads) * hd * (2 * hidden + _has_bias(p.k_proj) + _has_bias(p.v_proj)))
@@ -81,7 +81,7 @@ def _layer_costs(model, i: int, geom: LayerGeometry, unit: str) -> tuple[int, ..
     o_bias = p.o_proj.bias.numel() if p.o_proj.bias is not None else 0
     rest = sum(size[n] for n in ATTENTION_LINEARS) - o_bias - units * unit_cost
     norms = sum(x.numel() for norm in (p.q_norm, p.k_norm) if norm is not None for x in norm.parameters())
-    return units, geom.intermediate, unit_cost, channel_cost, sum(size.values()), rest, norms
+    return units, geom.intermediate_size, unit_cost, channel_cost, sum(size.values()), rest, norms
 
 
 __all__ = ["Costs"]

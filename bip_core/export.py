@@ -70,8 +70,8 @@ def layer_shapes(model) -> list[dict]:
     shapes = []
     for i, layer in enumerate(decoder_layers(model)):
         geom = layer_geometry(model, i)
-        shapes.append({"num_heads": geom.num_heads, "num_kv_heads": geom.num_kv_heads, "head_dim": geom.head_dim,
-                       "intermediate": geom.intermediate,
+        shapes.append({"num_heads": geom.num_attention_heads, "num_kv_heads": geom.num_key_value_heads, "head_dim": geom.head_dim,
+                       "intermediate": geom.intermediate_size,
                        "o_proj_bias": layer.self_attn.o_proj.bias is not None,
                        "down_proj_bias": layer.mlp.down_proj.bias is not None})
     return shapes
@@ -260,8 +260,8 @@ def _config_json(model, plan: Plan, provenance: dict | None, dtype: torch.dtype)
     raw[LAYER_SHAPES_KEY] = shapes
     raw["head_dim"] = shapes[0]["head_dim"]
     base = plan.geometry()[0]
-    size = shapes[0] if plain else {"num_heads": base.num_heads, "num_kv_heads": base.num_kv_heads,
-                                    "intermediate": base.intermediate}
+    size = shapes[0] if plain else {"num_heads": base.num_attention_heads, "num_kv_heads": base.num_key_value_heads,
+                                    "intermediate": base.intermediate_size}
     raw.update({"num_attention_heads": size["num_heads"], "num_key_value_heads": size["num_kv_heads"],
                 "intermediate_size": size["intermediate"], **flags})
     raw["auto_map"] = {"AutoModelForCausalLM": f"{Path(MODELING_FILE).stem}.{PRUNED_CLASSES[family].__name__}"}

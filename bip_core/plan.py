@@ -56,8 +56,8 @@ class Plan:
         geom = geom or self.geometry()[i]
         kept = self.layers[i]["attention"]
         if self.unit == "query_slot":  # the same slots of every group: the groups stay, each smaller
-            q_heads = [g * geom.n_rep + s for g in range(geom.num_kv_heads) for s in kept]
-            return q_heads, (list(range(geom.num_kv_heads)) if kept else [])
+            q_heads = [g * geom.n_rep + s for g in range(geom.num_key_value_heads) for s in kept]
+            return q_heads, (list(range(geom.num_key_value_heads)) if kept else [])
         q_heads, kv_heads = [], []
         for idx in kept:
             q, kv = geom.unit_heads(self.unit, idx)
@@ -80,7 +80,7 @@ class Plan:
         geom = self.geometry()[i]
         keep_a, keep_m = set(self.layers[i]["attention"]), set(self.layers[i]["mlp"])
         return {"attention": [u for u in range(geom.num_units(self.unit)) if u not in keep_a],
-                "mlp": [c for c in range(geom.intermediate) if c not in keep_m]}
+                "mlp": [c for c in range(geom.intermediate_size) if c not in keep_m]}
 
     def kept_counts(self) -> tuple[np.ndarray, np.ndarray]:
         return (np.asarray([len(layer["attention"]) for layer in self.layers], dtype=np.int64),
@@ -148,7 +148,7 @@ class Plan:
         if len(geometry) != len(self.layers):
             raise PlanError(f"The plan lists {len(self.layers)} layers but its geometry has {len(geometry)}.")
         for i, (layer, geom) in enumerate(zip(self.layers, geometry)):
-            for key, n in (("attention", geom.num_units(self.unit)), ("mlp", geom.intermediate)):
+            for key, n in (("attention", geom.num_units(self.unit)), ("mlp", geom.intermediate_size)):
                 idx = layer[key]
                 if idx != sorted(set(idx)) or (idx and (idx[0] < 0 or idx[-1] >= n)):
                     raise PlanError(f"Plan layer {i}: '{key}' must be sorted distinct indices in [0, {n}).")
@@ -197,10 +197,10 @@ def _score_arrays(layers, geometry: list[LayerGeometry], unit: str, model_name) 
         a = np.asarray(entry["attention"], dtype=np.float64)
         m = np.asarray(entry["mlp"], dtype=np.float64)
         units = geom.num_units(unit)
-        if a.shape != (units,) or m.shape != (geom.intermediate,):
+        if a.shape != (units,) or m.shape != (geom.intermediate_size,):
             raise PlanError(
                 f"Layer {i}: the scores have {a.size} attention units and {m.size} MLP channels, the model has "
-                f"{units} {unit} units and {geom.intermediate} channels: the scores are from another model "
+                f"{units} {unit} units and {geom.intermediate_size} channels: the scores are from another model "
                 f"(scored: {model_name}). Score this model.")
         if not (np.isfinite(a).all() and np.isfinite(m).all()):
             raise PlanError(f"Layer {i}: the scores contain NaN or infinite values; rescore the model.")

@@ -119,9 +119,9 @@ class Scores:
             if unit is not None and len(layer["attention"]) != g.num_units(unit):
                 raise ScoresError(f"Scores layer {i} has {len(layer['attention'])} attention scores; "
                                   f"its geometry has {g.num_units(unit)} units of kind '{unit}'.")
-            if len(layer["mlp"]) != g.intermediate:
+            if len(layer["mlp"]) != g.intermediate_size:
                 raise ScoresError(f"Scores layer {i} has {len(layer['mlp'])} MLP scores; "
-                                  f"its geometry has {g.intermediate} channels.")
+                                  f"its geometry has {g.intermediate_size} channels.")
 
     def check_matches(self, model) -> None:
         """Raise ScoresError unless `model` has exactly the layer geometry these scores were made for."""

@@ -36,7 +36,7 @@ def count_macs(model, context: int) -> dict:
     """MACs per token from the actual module shapes (see module docstring)."""
     linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
     geometry = model_geometry(model)
-    per_context_token = sum(2 * g.num_heads * g.head_dim for g in geometry)
+    per_context_token = sum(2 * g.num_attention_heads * g.head_dim for g in geometry)
     attention = per_context_token * context
     per_sequence = context * linear + per_context_token * context * (context + 1) // 2
     return {
@@ -53,7 +53,7 @@ def count_macs(model, context: int) -> dict:
 def memory_bytes(model) -> dict:
     weights = sum(p.numel() * p.element_size() for p in unique_parameters(model))
     element = next(model.parameters()).element_size()
-    kv_per_token = sum(2 * g.num_kv_heads * g.head_dim for g in model_geometry(model)) * element
+    kv_per_token = sum(2 * g.num_key_value_heads * g.head_dim for g in model_geometry(model)) * element
     return {"weight_bytes": weights, "kv_cache_bytes_per_token": kv_per_token,
             "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
 

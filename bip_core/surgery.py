@@ -48,7 +48,7 @@ def kept_indices(plan: Plan, i: int) -> dict[str, tuple[int, list[int]]]:
 
 
 def _input_width(geom: LayerGeometry, name: str) -> int:
-    return geom.num_heads * geom.head_dim if name == "o_proj" else geom.intermediate
+    return geom.num_attention_heads * geom.head_dim if name == "o_proj" else geom.intermediate_size
 
 
 def compensated(plan: Plan, i: int, name: str) -> bool:

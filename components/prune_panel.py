@@ -75,8 +75,8 @@ def _totals(model) -> dict:
     geoms = model_geometry(model)
     params = count_params(model)
     return {"params": params["total"], "attention_mlp": params["attention_mlp"],
-            "heads": sum(g.num_heads for g in geoms), "kv_heads": sum(g.num_kv_heads for g in geoms),
-            "channels": sum(g.intermediate for g in geoms)}
+            "heads": sum(g.num_attention_heads for g in geoms), "kv_heads": sum(g.num_key_value_heads for g in geoms),
+            "channels": sum(g.intermediate_size for g in geoms)}
 
 
 def summary_rows(before: dict, after: dict, seconds: float) -> list[list]:

@@ -16,11 +16,11 @@ def fake_scores(model, unit: str | None = None, seed: int = 0, means: bool = Tru
     rng = np.random.default_rng(seed)
     layers = []
     for i, g in enumerate(geometry):
-        layer = {"attention": rng.random(g.num_units(unit)).tolist(), "mlp": rng.random(g.intermediate).tolist(),
+        layer = {"attention": rng.random(g.num_units(unit)).tolist(), "mlp": rng.random(g.intermediate_size).tolist(),
                  "output_scale": float(1 + rng.random())}
         if means:
-            layer["o_input_mean"] = rng.normal(size=g.num_heads * g.head_dim).tolist()
-            layer["down_input_mean"] = rng.normal(size=g.intermediate).tolist()
+            layer["o_input_mean"] = rng.normal(size=g.num_attention_heads * g.head_dim).tolist()
+            layer["down_input_mean"] = rng.normal(size=g.intermediate_size).tolist()
         for key, values in layer_overrides.items():
             layer[key] = values[i]
         layers.append(layer)
@@ -34,7 +34,7 @@ def permutation_scores(model, unit: str, seed: int = 0) -> Scores:
     rng = np.random.default_rng(seed)
     geometry = model_geometry(model)
     attention = [rng.permutation(g.num_units(unit)).astype(float).tolist() for g in geometry]
-    mlp = [rng.permutation(g.intermediate).astype(float).tolist() for g in geometry]
+    mlp = [rng.permutation(g.intermediate_size).astype(float).tolist() for g in geometry]
     return fake_scores(model, unit=unit, seed=seed, attention=attention, mlp=mlp)
 
 

@@ -45,7 +45,7 @@ def test_config_only_folder_gives_seeded_random_model(tmp_path, family):
     pa, pb = dict(a.model.named_parameters()), dict(b.model.named_parameters())
     assert all(torch.equal(pa[k], pb[k]) for k in pa)  # seed 0 both times
     geom = layer_geometry(a.model, 0)
-    assert (geom.num_heads, geom.num_kv_heads) == (4, 2)
+    assert (geom.num_attention_heads, geom.num_key_value_heads) == (4, 2)
 
 
 def test_missing_folder_is_a_clear_error():

@@ -147,7 +147,7 @@ def test_gqa_layouts_stay_valid(tiny_model):
                     assert sum(per_group, []) == q_heads
                     if unit == "query_slot":  # the same slots in every group
                         assert len({tuple(q % geom.n_rep for q in g) for g in per_group}) == 1
-                        assert kv_heads == list(range(geom.num_kv_heads))
+                        assert kv_heads == list(range(geom.num_key_value_heads))
 
 
 def test_round_to_multiple_of_8(default_loaded):
@@ -341,8 +341,8 @@ def test_version_1_plan_files_still_load(tmp_path, tiny_model):
     plan = make_plan(fake_scores(tiny_model), tiny_model, 0.3, "global")
     old = json.loads(json.dumps(plan.to_dict()))
     old["version"] = 1
-    old["meta"]["geometry"] = [{"num_heads": g.num_heads, "num_kv_heads": g.num_kv_heads, "head_dim": g.head_dim,
-                                "intermediate": g.intermediate, "hidden": g.hidden} for g in plan.geometry()]
+    old["meta"]["geometry"] = [{"num_heads": g.num_attention_heads, "num_kv_heads": g.num_key_value_heads, "head_dim": g.head_dim,
+                                "intermediate": g.intermediate_size, "hidden": g.hidden_size} for g in plan.geometry()]
     (tmp_path / "old.json").write_text(json.dumps(old))
     loaded = Plan.load(tmp_path / "old.json")
     assert loaded.layers == plan.layers and loaded.geometry() == model_geometry(tiny_model)

@@ -19,9 +19,9 @@ def model():
 
 def make_scores(model, **meta) -> Scores:
     geometry = model_geometry(model)
-    layers = [{"attention": [0.5 + i, 0.25], "mlp": [float(j) for j in range(g.intermediate)], "lipschitz": 0.8,
-               "output_scale": 3.0, "o_input_mean": [0.0] * (g.num_heads * g.head_dim),
-               "down_input_mean": [0.1] * g.intermediate} for i, g in enumerate(geometry)]
+    layers = [{"attention": [0.5 + i, 0.25], "mlp": [float(j) for j in range(g.intermediate_size)], "lipschitz": 0.8,
+               "output_scale": 3.0, "o_input_mean": [0.0] * (g.num_attention_heads * g.head_dim),
+               "down_input_mean": [0.1] * g.intermediate_size} for i, g in enumerate(geometry)]
     return Scores(layers=layers, meta={"format": FORMAT, "method": "bip", "model": "tiny", "source": "wiki-bb",
                                        "samples": 2, "seq_len": 16, "seed": 0, "unit": "kv_group",
                                        "seconds": 0.1, "peak_memory_bytes": 1, "options": {"lipschitz": "measured"},
@@ -99,8 +99,8 @@ def test_format_1_files_still_load_and_are_upgraded(model, tmp_path):
     """Format 1 recorded the geometry as heads / kv_heads / intermediate / hidden."""
     d = make_scores(model).to_dict()
     d["meta"]["format"] = 1
-    d["meta"]["geometry"] = [{"heads": g.num_heads, "kv_heads": g.num_kv_heads, "head_dim": g.head_dim,
-                              "intermediate": g.intermediate, "hidden": g.hidden} for g in model_geometry(model)]
+    d["meta"]["geometry"] = [{"heads": g.num_attention_heads, "kv_heads": g.num_key_value_heads, "head_dim": g.head_dim,
+                              "intermediate": g.intermediate_size, "hidden": g.hidden_size} for g in model_geometry(model)]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(d))
     loaded = Scores.load(path)

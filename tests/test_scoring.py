@@ -219,7 +219,7 @@ def test_every_method_same_schema_and_deterministic(gqa_model, tokenizer, method
     geometry = model_geometry(gqa_model)
     assert len(first.layers) == len(geometry)
     for layer, g in zip(first.layers, geometry):
-        assert len(layer["attention"]) == g.num_kv_heads and len(layer["mlp"]) == g.intermediate
+        assert len(layer["attention"]) == g.num_key_value_heads and len(layer["mlp"]) == g.intermediate_size
         assert all(v >= 0 for v in layer["attention"] + layer["mlp"])
     meta = first.meta
     for key in ("method", "model", "source", "samples", "seq_len", "seed", "unit", "seconds",
@@ -389,11 +389,11 @@ def test_scoring_a_pruned_model(gqa_model, tokenizer):
                      layer_ratios=[(1.0, 0.25), (0.5, 0.5), (0.0, 0.0)])
     pruned = prune_model(gqa_model, plan)
     geometry = model_geometry(pruned)
-    assert [g.num_kv_heads for g in geometry] == [0, 1, 2]
+    assert [g.num_key_value_heads for g in geometry] == [0, 1, 2]
     for method in METHODS:
         scores = score(pruned, tokenizer, method, **CALIBRATION)
         assert [len(layer["attention"]) for layer in scores.layers] == [0, 1, 2], method
-        assert [len(layer["mlp"]) for layer in scores.layers] == [g.intermediate for g in geometry], method
+        assert [len(layer["mlp"]) for layer in scores.layers] == [g.intermediate_size for g in geometry], method
         scores.check_matches(pruned)
         json.dumps(scores.to_dict(), allow_nan=False)  # savable: no NaN anywhere
     # the channel scores (mean_abs: the paper's formula) of the emptied layer are still exact block-output changes

@@ -49,7 +49,7 @@ def test_pruned_equals_masked_on_every_family(tiny_model):
                 pruned = prune_model(tiny_model, plan, bias_compensation=compensate, scores=scores)
                 masked = mask_model(tiny_model, plan, bias_compensation=compensate, scores=scores)
                 assert_same_logits(logits(pruned, IDS), logits(masked, IDS))
-                shapes = [(g.num_heads, g.num_kv_heads, g.intermediate) for g in model_geometry(pruned)]
+                shapes = [(g.num_attention_heads, g.num_key_value_heads, g.intermediate_size) for g in model_geometry(pruned)]
                 assert shapes == [(s["num_heads"], s["num_kv_heads"], s["intermediate"]) for s in plan.pruned_shapes()]
         assert count_params(prune_model(tiny_model, plans["uneven"]))["total"] == plans["uneven"].summary()["params_after"]
 
@@ -111,7 +111,7 @@ def test_generate_with_cache_on_an_uneven_model(family):
     plan = make_plan(scores, model, None, "manual", allow_empty_attention=True,
                      layer_ratios=[(1.0, 0.2), (0.5, 0.6), (0.0, 0.1), (0.5, 0.0)])  # layer 0: no attention at all
     pruned, masked = prune_model(model, plan), mask_model(model, plan)
-    assert [g.num_heads for g in model_geometry(pruned)] == [0, 2, 4, 2]
+    assert [g.num_attention_heads for g in model_geometry(pruned)] == [0, 2, 4, 2]
     ids = IDS[:1]
     out = generate(pruned, ids)
     assert out.shape[1] == ids.shape[1] + 8

@@ -98,7 +98,7 @@ class Stats(LayerStats):
         self.units = g.num_units(unit)
         self.unit_width = len(g.unit_heads(unit, 0)[0]) * g.head_dim if self.units else 0  # channels per unit
         order = unit_query_heads(g, unit)
-        self.head_order = None if order == list(range(g.num_heads)) else torch.tensor(order)
+        self.head_order = None if order == list(range(g.num_attention_heads)) else torch.tensor(order)
         self.gram = None  # [units, unit_width, unit_width]
         self.centred = options["aggregation"] == "std"
         self.unit_moments = RunningMoments(covariance=True)  # of z_tg, for "std"
@@ -124,7 +124,7 @@ class Stats(LayerStats):
     def unit_inputs(self, z: torch.Tensor) -> torch.Tensor:
         """[tokens, heads*head_dim] -> [units, tokens, unit_width] (a unit's heads side by side)."""
         g = self.geometry
-        heads = z.reshape(z.shape[0], g.num_heads, g.head_dim)
+        heads = z.reshape(z.shape[0], g.num_attention_heads, g.head_dim)
         if self.head_order is not None:
             heads = heads[:, self.head_order.to(z.device)]
         return heads.reshape(z.shape[0], self.units, self.unit_width).transpose(0, 1)

@@ -15,4 +15,4 @@ class Stats(LayerStats):
     def finish(self):
         generator = layer_generator(self.seed, self.index)
         return {"attention": torch.rand(self.geometry.num_units(self.unit), generator=generator),
-                "mlp": torch.rand(self.geometry.intermediate, generator=generator)}
+                "mlp": torch.rand(self.geometry.intermediate_size, generator=generator)}
