@@ -12,7 +12,7 @@ byte-level BPE of exactly the shape's vocabulary trained on the wiki-bb train sp
 32,000; the default tokenizer has 49,152 and would not fit).
 
 Then each step runs as its own `python -m bip_core` process, as a user would run it, and the
-benchmark prints its wall time and peak resident set (`os.wait4`'s ru_maxrss of that process):
+benchmark prints its wall time and peak resident set (VmHWM, reset when the process starts):
 
     score  bip, 8 x 128 wiki-bb tokens
     plan   ratio 0.3, global-energy
@@ -97,20 +97,36 @@ def write_checkpoint(shape: str, folder: Path, seed: int = 0) -> float:
     return sum(entry.nbytes for entry in entries) / GIB
 
 
+# Each step runs as `python -m bip_core ARGV` under this wrapper, which resets the process's peak RSS at the
+# start and writes it at the end. (os.wait4's ru_maxrss would not do: Linux carries the parent's peak across
+# vfork + exec, so a child would report at least the benchmark's own peak.)
+PEAK_WRAPPER = """
+import atexit, os, runpy, sys
+open('/proc/self/clear_refs', 'w').write('5')
+def report():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            open(os.environ['BIP_PEAK_FILE'], 'w').write(line.split()[1])
+atexit.register(report)
+sys.argv = ['bip_core', *sys.argv[1:]]
+runpy.run_module('bip_core', run_name='__main__')
+"""
+
+
 def run_step(argv: list[str], work: Path) -> tuple[float, float, str]:
-    """Run `python -m bip_core ARGV` in its own process: (seconds, peak RSS in GiB, last stdout line)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    out_path, err_path = work / "step.out", work / "step.err"
+    """Run `python -m bip_core ARGV` in its own process: (seconds, its peak RSS in GiB, last stdout lines)."""
+    out_path, err_path, peak_path = work / "step.out", work / "step.err", work / "step.peak"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BIP_PEAK_FILE": str(peak_path)}
+    peak_path.unlink(missing_ok=True)
     started = time.perf_counter()
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bip_core", *argv], cwd=ROOT, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, its peak RSS included
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *argv], cwd=ROOT, env=env, stdout=out,
+                              stderr=err).returncode
     seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"step `{' '.join(argv)}` failed ({proc.returncode}):\n{err_path.read_text()[-3000:]}")
+    if code != 0:
+        raise SystemExit(f"step `{' '.join(argv)}` failed ({code}):\n{err_path.read_text()[-3000:]}")
     lines = out_path.read_text().strip().splitlines()
-    return seconds, usage.ru_maxrss * 1024 / GIB, " ".join(lines[-3:])
+    return seconds, int(peak_path.read_text()) * 1024 / GIB, " ".join(lines[-3:])
 
 
 def steps(model: str, work: Path, pipeline: str, dtype: str, device: str) -> list[tuple[str, list[str]]]:

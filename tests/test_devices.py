@@ -255,11 +255,13 @@ def test_serving_settings_device_and_dtype_reach_the_loader_and_the_card(monkeyp
 @pytest.mark.slow
 def test_info_on_a_7b_config_reads_nothing_and_is_fast(tmp_path):
     folder = config_folder(tmp_path / "llama2-7b")
-    code = ("import resource, sys, time; import transformers.models.llama.modeling_llama; "  # imports: ~5 s alone
+    # the peak is VmHWM reset at the start: ru_maxrss would carry pytest's own peak across vfork + exec
+    code = ("import sys, time; open('/proc/self/clear_refs', 'w').write('5'); "
+            "import transformers.models.llama.modeling_llama; "  # imports: ~5 s alone
             "from transformers import AutoTokenizer; t = time.perf_counter(); from bip_core.cli import main; "
             "sys.stdout = open(sys.argv[2], 'w'); rc = main(['info', '--model', sys.argv[1], '--json']); "
-            "sys.stdout.close(); sys.stderr.write(f'{time.perf_counter() - t} "
-            "{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}')")
+            "sys.stdout.close(); hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]; "
+            "sys.stderr.write(f'{time.perf_counter() - t} {int(hwm.split()[1]) * 1024}')")
     out = tmp_path / "info.json"
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, str(folder), str(out)], capture_output=True, text=True,
