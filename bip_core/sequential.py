@@ -115,10 +115,12 @@ class Compressor:
             linear, columns = getattr(parts, name), kept[name][1]
             weight, bias = compensate(linear.weight.detach(), None if linear.bias is None else linear.bias.detach(),
                                       columns, entry, name, self.compensation, self.alpha)
-            fitted[name] = (weight.cpu(), None if bias is None else bias.cpu())
+            if self.compensation == "refit":
+                fitted[name] = (weight.cpu(), None if bias is None else bias.cpu())
             if self.sequential:
                 mask_in_place(linear, columns, weight, bias)
-        self.refit.append(fitted)
+        if fitted:  # bias compensation is derived again from the scores' means when the model is pruned
+            self.refit.append(fitted)
         for key in COVARIANCE.values():
             entry.pop(key, None)  # far too large for a scores file
 
@@ -143,7 +145,7 @@ def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = T
     scores.meta.update({"sequential": sequential, "compensation": compensation})
     compressor.plan.meta.update({"sequential": sequential, "compensation": compensation,
                                  "refit_alpha": alpha if compensation == "refit" else None})
-    return Compressed(compressor.plan, scores, compressor.refit if compensation == "refit" else None)
+    return Compressed(compressor.plan, scores, compressor.refit or None)
 
 
 __all__ = ["calibrate_and_compress", "Compressed", "COMPENSATIONS", "REFIT_ALPHA", "InputMoments", "choose_kept"]

@@ -110,3 +110,16 @@ def test_compression_needs_a_forward_method(model, tokenizer):
     plan = make_plan(score(model, tokenizer, "magnitude"), model, 0.3, "uniform")
     with pytest.raises(PlanError, match="forward method"):
         calibrate_and_compress(model, tokenizer, plan, **CALIBRATION)
+
+
+def test_prune_cli_asks_for_scores_before_a_sequential_prune(model, tmp_path, capsys):
+    """A Wanda-sp plan prunes sequentially by default: without --scores the CLI says so before loading anything."""
+    from bip_core.cli import main as cli_main
+    from fake_scores import fake_scores
+
+    scores = fake_scores(model)
+    scores.meta["method"] = "wanda-sp"
+    make_plan(scores, model, 0.3, "paper").save(tmp_path / "plan.json")
+    code = cli_main(["prune", "--model", str(tmp_path / "never-loaded"), "--plan", str(tmp_path / "plan.json"),
+                     "--out", str(tmp_path / "out")])
+    assert code == 2 and "--scores is needed" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -71,12 +71,38 @@ def _base(args, spec: str) -> Base:
                 loaded.dtype)
 
 
+def _compensation(args) -> str:
+    return args.compensation or ("bias" if args.bias_compensation else "none")
+
+
+def _sequential(args, plan) -> bool:
+    """As asked; by default on for Wanda-sp, as its original runs."""
+    return args.sequential if args.sequential is not None else plan.meta.get("method") == "wanda-sp"
+
+
+def _check_scores(args, plan, scores) -> None:
+    """Refuse, before loading the model, a sequential or compensated prune without the scores it needs."""
+    from ..errors import PlanError
+
+    if scores is None and (plan is None or _sequential(args, plan) or _compensation(args) != "none"):
+        raise PlanError("--scores is needed to make a plan, for compensation and for sequential pruning (the "
+                        "default for wanda-sp): they rescore with its method and calibration. Give --scores "
+                        "(or --no-sequential).")
+
+
+def _check_streamable(args, base: Base) -> None:
+    from ..errors import PlanError
+
+    if base.weights is not None and _compensation(args) == "refit":
+        raise PlanError("--compensation refit is not streamed yet: load the model whole (--pipeline whole, "
+                        "--dtype bfloat16 to halve its memory), or use --compensation bias.")
+
+
 def _compressed(args, base: Base, plan, scores):
     """(plan, scores, refit) after the sequential / refit pass, or as given when neither is asked."""
     from ..sequential import REFIT_ALPHA, calibrate_and_compress
 
-    compensation = args.compensation or ("bias" if args.bias_compensation else "none")
-    sequential = args.sequential if args.sequential is not None else plan.meta.get("method") == "wanda-sp"
+    compensation, sequential = _compensation(args), _sequential(args, plan)
     if not sequential and compensation != "refit":
         return plan, scores, None, compensation
     meta = scores.meta
@@ -91,7 +117,6 @@ def _compressed(args, base: Base, plan, scores):
 
 
 def _prune_and_export(args, base: Base, plan, scores, seconds: dict) -> tuple[Path, object]:
-    from ..errors import PlanError
     from ..export import export_model
     from ..streamed_export import prune_and_export
     from ..surgery import prune_model
@@ -103,9 +128,6 @@ def _prune_and_export(args, base: Base, plan, scores, seconds: dict) -> tuple[Pa
                   "compensation": compensation, "sequential": bool(plan.meta.get("sequential"))}
     t = time.perf_counter()
     if base.weights is not None:
-        if refit is not None:
-            raise PlanError("--compensation refit is not streamed yet: load the model whole (--pipeline whole, "
-                            "--dtype bfloat16 to halve its memory), or use --compensation bias.")
         folder = prune_and_export(base.weights, base.model.config, base.tokenizer, plan, args.out,
                                   bias_compensation=compensation == "bias", scores=scores, provenance=provenance)
         seconds["prune"], seconds["export"] = 0.0, time.perf_counter() - t  # pruned while written
@@ -126,12 +148,10 @@ def run(args) -> int:
 
     if (args.plan is None) == (args.ratio is None and args.layer_ratios is None):
         raise PlanError("Give either --plan plan.json or --ratio R (with --allocation), not both and not neither.")
-    if args.scores is None and (args.plan is None or args.bias_compensation or args.compensation not in (None, "none")
-                                or args.sequential):
-        raise PlanError("--scores is needed to make a plan, for compensation and for --sequential.")
     seconds, start = {}, time.perf_counter()
     scores = Scores.load(args.scores) if args.scores else None
     plan = Plan.load(args.plan) if args.plan else None
+    _check_scores(args, plan, scores)
     named = scores.meta.get("model") if scores else (plan.meta.get("calibration") or {}).get("model")
     base = _base(args, args.model or named or "default")
     seconds["load"] = time.perf_counter() - start
@@ -140,6 +160,7 @@ def run(args) -> int:
     if plan is None:
         plan = plan_from_args(args, scores, base.model)
     seconds["plan"] = time.perf_counter() - t
+    _check_streamable(args, base)
     folder, plan = _prune_and_export(args, base, plan, scores, seconds)
     seconds["total"] = time.perf_counter() - start
 
@@ -150,7 +171,7 @@ def run(args) -> int:
         "out": str(folder), "streamed": base.weights is not None,
         "method": plan.meta.get("method"), "unit": plan.unit, "allocation": plan.meta.get("allocation"),
         "ratio": plan.meta.get("ratio"),
-        "compensation": args.compensation or ("bias" if args.bias_compensation else "none"),
+        "compensation": _compensation(args),
         "sequential": bool(plan.meta.get("sequential")),
         "params_before": before["total"], "params_after": after["total"],
         "attention_mlp_before": before["attention_mlp"], "attention_mlp_after": after["attention_mlp"],
