@@ -173,11 +173,7 @@ def _random_whole(folder: Path, config, options: LoadOptions):
     return model if options.device.type == "cpu" else model.to(options.device)
 
 
-def _export_whole(folder: Path, config, options: LoadOptions):
-    return load_export(folder, dtype=options.dtype, **options.placement())
-
-
-WHOLE = {"pretrained": _pretrained_whole, "random": _random_whole, "export": _export_whole}
+WHOLE = {"pretrained": _pretrained_whole, "random": _random_whole}  # exports: load_export
 
 
 def _kind(folder: Path) -> str:
@@ -269,7 +265,7 @@ def skeleton_model(found: FolderModel, spec: str, options: LoadOptions) -> Loade
 def whole_model(found: FolderModel, spec: str, options: LoadOptions) -> LoadedModel:
     """The model in memory (on the device, or spread by accelerate)."""
     if found.kind == "export":
-        loaded = WHOLE["export"](found.folder, found.config, options)
+        loaded = load_export(found.folder, dtype=options.dtype, **options.placement())
         loaded.weights, loaded.dtype, loaded.device = found.weights, options.dtype, input_device(loaded.model)
         return loaded
     model = WHOLE[found.kind](found.folder, found.config, options)
