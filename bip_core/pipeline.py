@@ -17,9 +17,10 @@ pipeline and the per-layer loops of FLAP and Wanda work this way:
    one-pass driver does), finish the layer's statistics, call `after_layer(i, layer, entry)`, keep the
    layer's outputs as the next layer's inputs (on `device`, in `dtype`), and drop the copy.
 
-When `after_layer` is None the calibration pass also yields the outputs; otherwise they are computed
-afterwards by the (possibly changed) layer, so sequential pruning and refitting see the inputs the
-changed model gives. Peak memory: one layer + the activations of all batches + the embeddings.
+The calibration pass also yields the outputs. When `after_layer` returns True (it changed the layer,
+e.g. pruned it), they are computed again by the changed layer, so sequential pruning and refitting
+see the inputs the changed model gives; each layer runs twice only then. Peak memory: one layer +
+the activations of all batches (twice while an `after_layer` runs) + the embeddings.
 Statistics accumulate in float32 whatever `dtype` is.
 """
 from __future__ import annotations
@@ -35,7 +36,9 @@ from .architecture import decoder_layers
 from .calibration import LayerStats, Progress, ProgressCounter, TapGroup, first_output
 from .errors import ScoresError
 
-AfterLayer = Callable[[int, nn.Module, dict], None]  # (layer index, onloaded layer, its finished entry)
+# (layer index, onloaded layer, its finished entry) -> True when it changed the layer (its outputs are then
+# computed again); None or False: the outputs of the calibration pass are passed on as they are
+AfterLayer = Callable[[int, nn.Module, dict], "bool | None"]
 
 
 @dataclass
@@ -137,14 +140,14 @@ def check_layerwise(model) -> None:
                           "supported by the layer-wise pipeline yet; use pipeline='whole'.")
 
 
-def _run_layer(layer: nn.Module, inputs: LayerInputs, keep_outputs: bool,
+def _run_layer(layer: nn.Module, inputs: LayerInputs, outputs: list | None,
                after_batch: Callable[[int], None] | None = None) -> None:
-    """All batches through `layer`; with keep_outputs its outputs replace the inputs, batch by batch."""
+    """All batches through `layer`; its outputs go into `outputs` (batch by batch; it may be inputs.hidden)."""
     with torch.no_grad():
         for b, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs)):
             out = first_output(layer(hidden, **kwargs))
-            if keep_outputs:
-                inputs.hidden[b] = out
+            if outputs is not None:
+                outputs[b] = out
             if after_batch is not None:
                 after_batch(b)
 
@@ -168,27 +171,28 @@ def run_layerwise(model, weights, input_ids: torch.Tensor | None, stats: list[La
         if input_ids is not None:
             stats[i].begin(input_ids.numel())
         where = f"layer {i + 1}/{len(layers)}"
+        outputs = None if inputs is None else (inputs.hidden if after_layer is None else list(inputs.hidden))
         if inputs is not None:
-            _calibrate_layer(layer, stats[i], inputs, keep_outputs=after_layer is None,
+            _calibrate_layer(layer, stats[i], inputs, outputs,
                              after_batch=lambda b: counter.step(f"{where}, batch {b + 1}/{len(batches)}"))
         entries.append(stats[i].finish())
         if inputs is None:
             counter.step(where)
-        if after_layer is not None:
-            after_layer(i, layer, entries[-1])
-            if inputs is not None:
-                _run_layer(layer, inputs, keep_outputs=True)
+        if after_layer is not None and after_layer(i, layer, entries[-1]) and inputs is not None:
+            _run_layer(layer, inputs, outputs)  # the changed layer's outputs
+        if inputs is not None:
+            inputs.hidden = outputs
         stats[i].bind(skeleton_layer)  # let go of the onloaded copy
         del layer
     return entries
 
 
-def _calibrate_layer(layer: nn.Module, stats: LayerStats, inputs: LayerInputs, keep_outputs: bool,
+def _calibrate_layer(layer: nn.Module, stats: LayerStats, inputs: LayerInputs, outputs: list | None,
                      after_batch: Callable[[int], None]) -> None:
     taps = TapGroup()
     taps.attach_layer(layer, stats)
     try:
-        _run_layer(layer, inputs, keep_outputs, after_batch)
+        _run_layer(layer, inputs, outputs, after_batch)
     finally:
         taps.remove()
 

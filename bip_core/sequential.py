@@ -107,7 +107,7 @@ class Compressor:
         self.sequential, self.compensation, self.alpha = sequential, compensation, alpha
         self.refit: list[dict] = []
 
-    def __call__(self, i: int, layer: torch.nn.Module, entry: dict) -> None:
+    def __call__(self, i: int, layer: torch.nn.Module, entry: dict) -> bool:
         if self.sequential:
             self.plan.layers[i] = choose_kept(entry, self.counts[i])
         parts, kept, fitted = layer_parts(layer), kept_indices(self.plan, i), {}
@@ -123,6 +123,7 @@ class Compressor:
             self.refit.append(fitted)
         for key in COVARIANCE.values():
             entry.pop(key, None)  # far too large for a scores file
+        return self.sequential  # a pruned layer's outputs are computed again for the next layer
 
 
 def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = True, compensation: str = "bias",

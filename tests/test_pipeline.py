@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,6 +137,7 @@ def test_after_layer_changes_what_the_next_layers_see(gqa_tiny, tokenizer):
         if i == 0:
             layer.self_attn.o_proj.weight.data.zero_()
             layer.mlp.down_proj.weight.data.zero_()
+        return i == 0  # changed: its outputs are computed again
 
     calls = []
     options = {**bip.DEFAULTS, "aggregation": "mean_abs"}
@@ -207,3 +209,34 @@ def test_layerwise_scoring_peaks_below_the_model_size(tmp_path, tokenizer, short
           f"(peak {meta['peak_memory_bytes'] / 2**20:.0f} MiB)")
     assert meta["pipeline"] == "layerwise" and grown < 0.75 * size  # one layer is 1/6 of it; the rest: lazy imports,
     # first-forward workspaces, a tensor read twice (file and copy)
+
+
+def test_a_layer_runs_twice_only_when_after_layer_changed_it(gqa_tiny, tokenizer):
+    """An after_layer that leaves the layer alone (returns None) costs no second pass: each layer's forward
+    runs once per batch, and the scores equal those without a callback."""
+    from bip_core.data import calibration_windows
+    from bip_core.pipeline import run_layerwise
+    from bip_core.scoring import bip
+    from bip_core.weights import ModuleWeights
+
+    ids = calibration_windows(tokenizer, "wiki-bb", 4, 24, 0)
+    forwards = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: forwards.append(1) if type(module).__name__.endswith("DecoderLayer") else None)
+    try:
+        def run(after_layer):
+            forwards.clear()
+            stats = [bip.Stats(gqa_tiny, i, "kv_group", bip.DEFAULTS, 0) for i in range(3)]
+            entries = run_layerwise(gqa_tiny, ModuleWeights(gqa_tiny), ids, stats, batch_size=2, device="cpu",
+                                    dtype=torch.float32, after_layer=after_layer)
+            return entries, len(forwards)
+
+        plain, plain_forwards = run(None)
+        watched, watched_forwards = run(lambda i, layer, entry: None)
+        changed, changed_forwards = run(lambda i, layer, entry: True)
+    finally:
+        handle.remove()
+    assert plain_forwards == watched_forwards == 3 * 2 and changed_forwards == 2 * 3 * 2
+    for a, b, c in zip(plain, watched, changed):
+        np.testing.assert_allclose(np.asarray(a["mlp"]), np.asarray(b["mlp"]), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(a["mlp"]), np.asarray(c["mlp"]), rtol=1e-5)
