@@ -75,7 +75,7 @@ def main() -> int:
             continue
         t0 = time.perf_counter()
         table = sweep(loaded.model, loaded.tokenizer, [spec], ratios, variant_allocations, samples=samples,
-                      seed=seed, ppl_split="valid", windows=args.windows, bias_compensation=compensation, dense=dense,
+                      seed=seed, ppl_split="valid", windows=args.windows, compensation=compensation, dense=dense,
                       model_name="SmolLM2-135M-Instruct")
         dense = False
         table.loc[table["method"] == spec, "method"] = label

@@ -149,4 +149,18 @@ def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = T
     return Compressed(compressor.plan, scores, compressor.refit or None)
 
 
-__all__ = ["calibrate_and_compress", "Compressed", "COMPENSATIONS", "REFIT_ALPHA", "InputMoments", "choose_kept"]
+def compress_like(model, tokenizer, plan: Plan, scores, *, sequential: bool, compensation: str,
+                  alpha: float = REFIT_ALPHA, progress=None, **placement) -> Compressed:
+    """calibrate_and_compress with the method, options and calibration text that made `scores`; as given
+    (no pass) when neither sequential nor refit is asked. placement: weight_source, device, dtype, pipeline."""
+    if not sequential and compensation != "refit":
+        return Compressed(plan, scores)
+    meta = scores.meta
+    return calibrate_and_compress(model, tokenizer, plan, sequential=sequential, compensation=compensation, alpha=alpha,
+                                  method=meta.get("method"), source=meta.get("source", "wiki-bb"),
+                                  samples=meta.get("samples") or 64, seq_len=meta.get("seq_len") or 128,
+                                  seed=meta.get("seed", 0), unit=plan.unit, progress=progress,
+                                  **{**placement, "pipeline": "layerwise"}, **(meta.get("options") or {}))
+
+
+__all__ = ["calibrate_and_compress", "compress_like", "Compressed", "COMPENSATIONS", "REFIT_ALPHA", "InputMoments", "choose_kept"]

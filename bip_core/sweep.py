@@ -10,6 +10,12 @@ the parameters left, the removed fractions, the scoring time and peak memory, an
 settings. The dense model is evaluated once as the row `method = "dense"`, ratio 0. A plan that
 cannot be made (e.g. a ratio too high for the constraints) gives a row with `error` and no ppl.
 
+compensation is none, bias (FLAP's mean), refit (ridge least squares of the kept o_proj/down_proj
+columns, bip_core.refit) or auto (bias for centred scores, else none). sequential chooses each
+layer's units on the outputs of the already-pruned layers before it (bip_core.sequential); auto is
+the method's original practice (on for wanda-sp). Sequential and refit rows run one more
+calibration pass per plan.
+
 With `out`, the CSV is rewritten after every row (a long sweep keeps what it has measured) and a
 plotly chart, PPL vs ratio per method and allocation on a log axis, is written next to it (.html).
 """
@@ -29,7 +35,7 @@ from .scores import is_centred, recommends_compensation  # noqa: F401  (is_centr
 
 COLUMNS = ["method", "allocation", "ratio", "ppl", "nll", "params", "params_attention_mlp", "removed_attention_mlp",
            "removed_total", "score_seconds", "score_peak_memory_bytes", "prune_seconds", "eval_seconds",
-           "bias_compensation", "unit", "dataset", "split", "seq_len", "windows", "tokens", "calibration_source",
+           "bias_compensation", "compensation", "sequential", "refit_alpha", "unit", "dataset", "split", "seq_len", "windows", "tokens", "calibration_source",
            "calibration_samples", "calibration_seq_len", "seed", "error"]
 INTEGER_COLUMNS = ["params", "params_attention_mlp", "score_peak_memory_bytes", "seq_len", "windows", "tokens",
                    "calibration_samples", "calibration_seq_len", "seed"]
@@ -48,14 +54,28 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, parse_options(items, f"Method '{spec}'", "bip:aggregation=rms")
 
 
-def _use_compensation(setting, scores) -> bool:
-    if setting in (True, "on"):
-        return True
-    if setting in (False, "off", None):
-        return False
-    if setting != "auto":
-        raise BipError(f"bias_compensation must be 'auto', 'on' or 'off' (got {setting!r}).")
-    return recommends_compensation(scores)
+COMPENSATION_ALIASES = {True: "bias", "on": "bias", False: "none", "off": "none", None: "none"}
+
+
+def resolve_compensation(setting, scores) -> str:
+    """none / bias / refit, with 'auto' = bias for centred scores (else none); on/off/True/False: bias/none."""
+    from .sequential import COMPENSATIONS
+
+    setting = COMPENSATION_ALIASES.get(setting, setting)
+    if setting == "auto":
+        return "bias" if recommends_compensation(scores) else "none"
+    if setting not in COMPENSATIONS:
+        raise BipError(f"compensation must be auto, {', '.join(COMPENSATIONS)} (got {setting!r}).")
+    return setting
+
+
+def resolve_sequential(setting, method: str) -> bool:
+    """'auto': the method's original practice (Wanda-sp prunes layer by layer); else the boolean asked."""
+    if setting == "auto":
+        return method == "wanda-sp"
+    if setting not in (True, False):
+        raise BipError(f"sequential must be 'auto', True or False (got {setting!r}).")
+    return setting
 
 
 def write_chart(table: pd.DataFrame, path, title: str | None = None) -> Path:
@@ -116,27 +136,32 @@ def _dense_row(run: _Run) -> None:
     params = count_params(run.model)
     run.record({"method": "dense", "allocation": "-", "ratio": 0.0, **result, "params": params["total"],
                 "params_attention_mlp": params["attention_mlp"], "removed_attention_mlp": 0.0, "removed_total": 0.0,
-                "eval_seconds": seconds, "bias_compensation": False}, evaluated=run.model)
+                "eval_seconds": seconds, "bias_compensation": False, "compensation": "none",
+                "sequential": False}, evaluated=run.model)
     run.tick("dense")
 
 
-def _prune_and_evaluate(run: _Run, scores, row: dict, compensate: bool) -> None:
-    """One (allocation, ratio) row: plan, prune, evaluate, record (a plan error becomes the row's error)."""
+def _prune_and_evaluate(run: _Run, scores, row: dict) -> None:
+    """One (allocation, ratio) row: plan, (recalibrate,) prune, evaluate, record (a plan error becomes the row's error)."""
     from .architecture import count_params
     from .plan import make_plan
+    from .sequential import compress_like
     from .surgery import prune_model
 
     label = f"{row['method']} {row['allocation']} {row['ratio']}"
     try:
         t0 = time.perf_counter()
         plan = make_plan(scores, run.model, row["ratio"], allocation=row["allocation"])
-        pruned = prune_model(run.model, plan, bias_compensation=compensate, scores=scores)
+        done = compress_like(run.model, run.tokenizer, plan, scores, sequential=row["sequential"],
+                             compensation=row["compensation"], alpha=row["refit_alpha"], **run.score_options)
+        pruned = prune_model(run.model, done.plan, bias_compensation=row["compensation"] == "bias", scores=done.scores,
+                             refit=done.refit)
         row["prune_seconds"] = time.perf_counter() - t0
     except PlanError as err:
         run.record({**row, "error": str(err)})
         run.tick(f"{label}: {err}")
         return
-    summary = plan.summary()
+    summary = done.plan.summary()
     result, seconds = run.evaluate(pruned)
     params = count_params(pruned)
     run.record({**row, **result, "params": params["total"], "params_attention_mlp": params["attention_mlp"],
@@ -149,15 +174,16 @@ def _prune_and_evaluate(run: _Run, scores, row: dict, compensate: bool) -> None:
 
 def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str = "wiki-bb", samples: int = 64,
           seq_len: int = 128, seed: int = 0, ppl_source: str = "wiki-bb", ppl_split: str | None = None,
-          windows: int | None = None, ppl_seq_len: int = 128, batch_size: int = 8, bias_compensation="auto",
-          dense: bool = True, model_name: str | None = None, out=None, progress=None,
-          extra_metrics=None, score_options: dict | None = None) -> pd.DataFrame:
+          windows: int | None = None, ppl_seq_len: int = 128, batch_size: int = 8, compensation="auto",
+          sequential="auto", refit_alpha: float | None = None, dense: bool = True, model_name: str | None = None,
+          out=None, progress=None, extra_metrics=None, score_options: dict | None = None) -> pd.DataFrame:
     """Run the sweep (see module docstring) and return its table; with `out`, also write CSV + HTML chart.
 
     extra_metrics(model) -> dict, when given, is called on every evaluated model (the dense one first)
     and its entries become extra columns (e.g. zero-shot accuracy, speed-ups). score_options go to every
     `score()` call as they are (e.g. the placement of the layer-wise pipeline)."""
     from .scoring import score
+    from .sequential import REFIT_ALPHA
 
     methods = [methods] if isinstance(methods, str) else list(methods)
     ratios = [float(r) for r in ratios]
@@ -170,6 +196,7 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
                   "windows": windows, "batch_size": batch_size}
     run = _Run(model, tokenizer, evaluation, Path(out) if out else None, extra_metrics, progress,
                len(methods) * (1 + len(ratios) * len(allocations)) + int(dense))
+    run.score_options = dict(score_options or {})
     calibration = {"calibration_source": data, "calibration_samples": samples, "calibration_seq_len": seq_len,
                    "seed": seed}
     if dense:
@@ -179,13 +206,14 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
         scores = score(model, tokenizer, method=method, source=data, samples=samples, seq_len=seq_len, seed=seed,
                        batch_size=batch_size, model_name=model_name, **(score_options or {}), **options)
         run.tick(f"scored {spec}")
-        compensate = _use_compensation(bias_compensation, scores)
+        chosen = resolve_compensation(compensation, scores)
         common = {"method": spec, "score_seconds": scores.meta.get("seconds"), "unit": scores.meta.get("unit"),
-                  "score_peak_memory_bytes": scores.meta.get("peak_memory_bytes"), "bias_compensation": compensate,
-                  **calibration}
+                  "score_peak_memory_bytes": scores.meta.get("peak_memory_bytes"), "compensation": chosen,
+                  "bias_compensation": chosen == "bias", "sequential": resolve_sequential(sequential, method),
+                  "refit_alpha": (refit_alpha or REFIT_ALPHA) if chosen == "refit" else None, **calibration}
         for allocation in allocations:
             for ratio in ratios:
-                _prune_and_evaluate(run, scores, {**common, "allocation": allocation, "ratio": ratio}, compensate)
+                _prune_and_evaluate(run, scores, {**common, "allocation": allocation, "ratio": ratio})
         del scores
     table = _table(run.rows)
     if out is not None:
@@ -199,4 +227,4 @@ def _isnan(x) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-__all__ = ["sweep", "write_chart", "parse_method", "COLUMNS"]
+__all__ = ["sweep", "write_chart", "parse_method", "resolve_compensation", "resolve_sequential", "COLUMNS"]

@@ -113,3 +113,45 @@ def test_sweep_cli_on_a_config_only_model(tmp_path, text_source, capsys):
     saved = pd.read_csv(out)
     assert saved["ppl"].notna().all() and set(saved["method"]) == {"dense", "random", "wanda-sp"}
     assert out.with_suffix(".html").is_file()
+
+
+@pytest.mark.parametrize("compensation,sequential", [("refit", False), ("bias", True)])
+def test_sweep_refits_or_prunes_sequentially_like_calibrate_and_compress(tokenizer, text_source, compensation,
+                                                                         sequential):
+    """compensation='refit' and sequential=True rows are the model that calibrate_and_compress + prune_model give
+    for the same plan, and they differ from the plain bias-compensated row."""
+    from bip_core.plan import make_plan
+    from bip_core.scoring import score
+    from bip_core.sequential import calibrate_and_compress
+    from bip_core.surgery import prune_model
+
+    model = random_model(tiny_config("llama"), seed=0)
+    calibration = {"source": text_source, "samples": 4, "seq_len": 16, "seed": 0}
+    evaluation = {"ppl_source": text_source, "ppl_split": "test", "windows": 3, "ppl_seq_len": 32}
+    common = dict(methods=["bip"], ratios=[0.4], allocations=["uniform"], data=text_source, samples=4, seq_len=16,
+                  dense=False, **evaluation)
+    table = sweep(model, tokenizer, compensation=compensation, sequential=sequential, **common)
+    plain = sweep(model, tokenizer, compensation="bias", sequential=False, **common)
+    row = table.iloc[0]
+    assert (row["compensation"], bool(row["sequential"])) == (compensation, sequential)
+    if compensation == "refit":
+        assert row["refit_alpha"] == pytest.approx(1e-3)
+    else:
+        assert pd.isna(row["refit_alpha"])
+
+    scores = score(model, tokenizer, "bip", **calibration)
+    plan = make_plan(scores, model, 0.4, allocation="uniform")
+    done = calibrate_and_compress(model, tokenizer, plan, sequential=sequential, compensation=compensation,
+                                  method="bip", **calibration)
+    pruned = prune_model(model, done.plan, bias_compensation=compensation == "bias", scores=done.scores,
+                         refit=done.refit)
+    expected = perplexity(pruned, tokenizer, text_source, "test", seq_len=32, windows=3)["ppl"]
+    assert row["ppl"] == pytest.approx(expected, rel=1e-5)
+    assert row["ppl"] != pytest.approx(plain.iloc[0]["ppl"], rel=1e-4)
+
+
+def test_sweep_refuses_an_unknown_compensation(tokenizer, text_source):
+    model = random_model(tiny_config("llama"), seed=0)
+    with pytest.raises(BipError, match="compensation must be"):
+        sweep(model, tokenizer, methods=["bip"], ratios=[0.4], data=text_source, samples=4, seq_len=16,
+              compensation="mean", dense=False, ppl_source=text_source, ppl_split="test", windows=2)

@@ -100,19 +100,13 @@ def _check_streamable(args, base: Base) -> None:
 
 def _compressed(args, base: Base, plan, scores):
     """(plan, scores, refit) after the sequential / refit pass, or as given when neither is asked."""
-    from ..sequential import REFIT_ALPHA, calibrate_and_compress
+    from ..sequential import REFIT_ALPHA, compress_like
 
-    compensation, sequential = _compensation(args), _sequential(args, plan)
-    if not sequential and compensation != "refit":
-        return plan, scores, None, compensation
-    meta = scores.meta
+    compensation = _compensation(args)
     placement = {"weight_source": base.weights, "device": base.device, "dtype": base.dtype,
                  "pipeline": "layerwise"} if base.weights is not None else {}
-    done = calibrate_and_compress(base.model, base.tokenizer, plan, sequential=sequential, compensation=compensation,
-                                  alpha=args.refit_alpha or REFIT_ALPHA, method=meta.get("method"),
-                                  source=meta.get("source", "wiki-bb"), samples=meta.get("samples") or 64,
-                                  seq_len=meta.get("seq_len") or 128, seed=meta.get("seed", 0), unit=plan.unit,
-                                  **placement, **(meta.get("options") or {}))
+    done = compress_like(base.model, base.tokenizer, plan, scores, sequential=_sequential(args, plan),
+                         compensation=compensation, alpha=args.refit_alpha or REFIT_ALPHA, **placement)
     return done.plan, done.scores, done.refit, compensation
 
 

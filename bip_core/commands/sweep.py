@@ -44,8 +44,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ppl-seq-len", type=int, default=128, help="perplexity window length (default 128)")
     parser.add_argument("--windows", type=int, default=None, help="perplexity windows (default all)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument("--bias-compensation", choices=("auto", "on", "off"), default="auto",
-                        help="FLAP-style bias compensation: auto = for centred scores (flap, bip with aggregation=std; default)")
+    parser.add_argument("--compensation", choices=("auto", "none", "bias", "refit"), default=None,
+                        help="auto (default): bias for centred scores (flap, bip with aggregation=std), else none; "
+                             "bias: FLAP's mean; refit: ridge least squares of the kept o_proj/down_proj columns "
+                             "(one more calibration pass per plan)")
+    parser.add_argument("--bias-compensation", choices=("auto", "on", "off"), default=None,
+                        help="the older spelling: on = --compensation bias, off = none")
+    parser.add_argument("--sequential", choices=("auto", "on", "off"), default="auto",
+                        help="choose each layer's units on the already-pruned layers' outputs (auto: on for wanda-sp, "
+                             "as in its original); one more calibration pass per plan")
+    parser.add_argument("--refit-alpha", type=float, default=None,
+                        help="refit's ridge, relative to the kept inputs' mean variance (default 1e-3)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense model's row")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", required=True, help="CSV path; the chart goes next to it as .html")
@@ -68,7 +77,8 @@ def run(args) -> int:
     table = sweep(loaded.model, loaded.tokenizer, methods=args.methods, ratios=args.ratios,
                   allocations=args.allocations, data=args.data, samples=args.samples, seq_len=args.seq_len,
                   seed=args.seed, ppl_source=args.ppl, ppl_split=args.split, windows=args.windows,
-                  ppl_seq_len=args.ppl_seq_len, batch_size=args.batch_size, bias_compensation=args.bias_compensation,
+                  ppl_seq_len=args.ppl_seq_len, batch_size=args.batch_size, compensation=args.compensation or args.bias_compensation or "auto",
+                  sequential={"on": True, "off": False}.get(args.sequential, "auto"), refit_alpha=args.refit_alpha,
                   dense=not args.no_dense, model_name=args.model, out=args.out,
                   score_options=score_kwargs(loaded),
                   progress=None if args.quiet else progress)
