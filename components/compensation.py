@@ -11,23 +11,24 @@ NAMES = {"none": "no compensation", "bias": "bias comp.", "refit": "refit"}
 PASS_NOTE = "one more calibration pass, about as long as scoring"
 
 
-class CompensationRadio(gr.Radio):
-    """The compensation choice. Scripts written for the former checkbox (/prune with bias: bool) still
-    work: True is "bias", False is "none"."""
+def accept_former_bool(radio: gr.Radio) -> gr.Radio:
+    """Scripts written for the former checkbox (/prune with bias: bool) still work: True is "bias", False
+    "none". (On the instance: a gr.Radio subclass would make Gradio write a .pyi stub next to this file.)"""
+    plain = radio.preprocess
 
-    def preprocess(self, payload):
-        if isinstance(payload, bool):
-            payload = "bias" if payload else "none"
-        return super().preprocess(payload)
+    def preprocess(payload):
+        return plain(("bias" if payload else "none") if isinstance(payload, bool) else payload)
 
-    def api_info(self) -> dict:
-        return {"anyOf": [{"type": "string", "enum": list(COMPENSATIONS)}, {"type": "boolean"}]}
+    radio.preprocess = preprocess
+    radio.api_info = lambda: {"anyOf": [{"type": "string", "enum": list(COMPENSATIONS)}, {"type": "boolean"}]}
+    return radio
 
 
 def build():
-    """(compensation radio, sequential checkbox), set for scores without mean inputs until scores exist."""
-    compensation = CompensationRadio(CHOICES, value="none", label="Compensation", elem_id="bip-compensation",
-                                     info="what puts back the removed units' contribution")
+    """(compensation radio, sequential checkbox): none and off until scores set their defaults (`defaults`)."""
+    radio = gr.Radio(CHOICES, value="none", label="Compensation", elem_id="bip-compensation",
+                     info="what puts back the removed units' contribution")
+    compensation = accept_former_bool(radio)
     sequential = gr.Checkbox(False, label="Sequential (layer by layer)", elem_id="bip-sequential",
                              info=f"choose each layer's units on the pruned layers' outputs; {PASS_NOTE}")
     return compensation, sequential
