@@ -79,6 +79,11 @@ def check(scores, compensation: str, sequential: bool) -> None:
                        print_exception=False)
 
 
+def needs_pass(compensation: str, sequential: bool) -> bool:
+    """Whether Prune runs a calibration pass first (compress_like does only for these)."""
+    return sequential or compensation == "refit"
+
+
 def describe(compensation: str, sequential: bool) -> str:
     """A short tag for labels: "bias comp.", "refit, sequential", "no compensation"."""
     return NAMES[compensation] + (", sequential" if sequential else "")

@@ -89,7 +89,7 @@ def _calibrate(session, loaded, plan, scores, compensation: str, sequential: boo
     def report(done, total, desc=None):
         progress(done / max(total, 1), desc=f"Calibration pass ({desc or 'layer by layer'}): step {done} of {total}")
 
-    if sequential or compensation == "refit":
+    if compensation_controls.needs_pass(compensation, sequential):
         progress(0, desc="Calibration pass: preparing calibration text ...")
     return compress_like(loaded.model, loaded.tokenizer, plan, scores, sequential=sequential,
                          compensation=compensation, alpha=REFIT_ALPHA, progress=cancellable(session, report))
@@ -99,7 +99,7 @@ def _prune(session, loaded, plan, scores, compensation: str, sequential: bool, p
     """(pruned model, the plan it applies, surgery seconds, calibration seconds or None when no pass ran)."""
     t0 = time.perf_counter()
     done = _calibrate(session, loaded, plan, scores, compensation, sequential, progress)
-    calibration = time.perf_counter() - t0 if (sequential or compensation == "refit") else None
+    calibration = time.perf_counter() - t0 if compensation_controls.needs_pass(compensation, sequential) else None
     progress(0.95, desc="Slicing heads and channels ...")
     t0 = time.perf_counter()
     pruned = prune_model(loaded.model, done.plan, bias_compensation=compensation == "bias", scores=done.scores,
