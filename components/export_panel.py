@@ -48,6 +48,16 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
 
 
+def provenance(session) -> dict:
+    """What the export records of how it was made: as the CLI's prune, plus the app's scores label."""
+    s = session.pruned_summary or {}
+    compensation = s.get("compensation", "none")
+    return {"base_model": session.loaded.spec, "bias_compensation": compensation == "bias",
+            "compensation": compensation, "sequential": bool(s.get("sequential")),
+            "scores": session.pruned_plan.meta.get("method"), "scores_label": s.get("scores_label"),
+            "exported_by": "BIP Studio app"}
+
+
 @ui_errors
 def run_export(session, request: gr.Request, progress=gr.Progress()):
     """The pruned model as a zip of a transformers folder (safetensors, config, tokenizer, plan).
@@ -66,9 +76,7 @@ def run_export(session, request: gr.Request, progress=gr.Progress()):
         folder = root / "export" / name
         progress(0.1, desc="Writing safetensors, config, tokenizer and plan ...")
         t0 = time.perf_counter()
-        export_model(pruned, loaded.tokenizer, session.pruned_plan, folder,
-                     provenance={"base_model": loaded.spec, "scores": session.pruned_plan.meta.get("method"),
-                                 "scores_label": s.get("scores_label"), "exported_by": "BIP Studio app"})
+        export_model(pruned, loaded.tokenizer, session.pruned_plan, folder, provenance=provenance(session))
         progress(0.7, desc="Packing the zip archive ...")
         archive = root / f"{name}.zip"
         files = sorted(p for p in folder.rglob("*") if p.is_file())

@@ -65,7 +65,8 @@ class StudioSession:
 
     def drop_pruned(self) -> None:
         self.pruned = None
-        self.pruned_plan = None
+        self.pruned_plan = None  # the plan the pruned model applies (units chosen sequentially, or the plan)
+        self.pruned_from = None  # the session plan it was made from
         self.pruned_summary: dict | None = None
         self.pruned_label: str | None = None
         self.chat_history: dict = {"original": [], "pruned": []}

@@ -46,7 +46,7 @@ SCORE = """\
 
 The default *channel aggregation* is the **centred** variant (std of `m`, and of `delta`): the change
 that remains once bias compensation puts each removed unit's mean output back. It did best on the
-validation text, and Prune ticks bias compensation for such scores. Options switches to the plain
+validation text, and Prune chooses bias compensation for such scores. Options switches to the plain
 mean |m| (exact change without compensation).
 
 Higher score = more important = kept. Colours are log10 of the score: a dark cell matters little.
@@ -68,11 +68,11 @@ each unit's output change is measured. Only LLM-BIP has this factor.
 METHODS = """\
 **Baselines** (same plans, same surgery): *random*; *magnitude* (weight norms); *wanda-sp*
 (|weight| x input norm; its original is sequential: each layer is scored on the outputs of the
-already-pruned layers before it, `prune --sequential` in the CLI); *flap* (fluctuation of the input x
-weight norm, with bias compensation); *taylor* (LLM-Pruner, first-order, needs backward passes).
-Each method's own published allocation is "paper" (Wanda-sp and LLM-Pruner remove int(r x units) per
-layer, so they remove less than r; "paper-scaled" reaches r). Scores of every method you run are kept:
-switch between them in "Show scores of" to compare heatmaps.
+already-pruned layers before it, Prune's *Sequential* box and `prune --sequential` in the CLI);
+*flap* (fluctuation of the input x weight norm, with bias compensation); *taylor* (LLM-Pruner,
+first-order, needs backward passes). Each method's own published allocation is "paper" (Wanda-sp and
+LLM-Pruner remove int(r x units) per layer, so they remove less than r; "paper-scaled" reaches r).
+Scores of every method you run are kept: switch between them in "Show scores of" to compare heatmaps.
 """
 
 CALIBRATION = """\
@@ -107,9 +107,27 @@ bins, so every channel stays visible however wide the MLP is; hover for exact va
 
 PRUNE = """\
 **Surgery** slices the kept rows of `q/k/v`, `gate`/`up` and the kept columns of `o_proj`/`down`
-out of a copy of the model: the original is never modified. *Bias compensation* (FLAP-style) adds
-`W[:, removed] x mean input` as a bias of `o_proj`/`down`, so removed units still contribute their
-average output; it matters most at high ratios.
+out of a copy of the model: the original is never modified.
+
+**Compensation** puts back some of what the removed units contributed to `o_proj`/`down`:
+- *none*: the kept columns as they are.
+- *bias* (FLAP): adds `W[:, removed] x mean input` as a bias, so removed units still give their
+  average output. Free (the means come from scoring); it matters most at high ratios. Centred scores
+  (FLAP, LLM-BIP's default) measure the change left after it, so Prune chooses it for them.
+- *refit*: ridge least squares refits the kept columns (and the bias) so that each layer's output on
+  the calibration inputs stays as close as possible to the dense layer's:
+  `W_K = W C[:, K] (C[K, K] + lambda I)^-1`, C the inputs' covariance, lambda = 1e-3 x their mean
+  variance. It helps when the calibration has many more tokens than a layer keeps inputs (64 x 128 =
+  8192 tokens against up to 1536 MLP channels on the default model); with few tokens it fits the
+  calibration text, not the language, and can do worse than bias: score with more samples first.
+
+**Sequential** is Wanda-sp's original practice (on by default for its scores): the plan still fixes
+how many units each layer keeps, but each layer chooses *which* on the outputs of the layers before
+it *after* they were pruned, and its compensation is fitted on those outputs too. It works for every
+forward method (LLM-BIP, FLAP, Wanda-sp); Taylor, magnitude and random have no forward pass to repeat.
+
+Refit and sequential run **one more calibration pass** (the scores' own method, text and samples),
+which takes about as long as scoring did; bias and none are instant.
 """
 
 COMPARE = """\

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from . import (api_endpoints, chat, compare_panel, context, export_panel, model_card, plan_events, prune_panel, score_panel, sources,
-               tune_panel)
+from . import (api_endpoints, chat, compare_panel, compensation, context, export_panel, model_card, plan_events,
+               prune_panel, score_panel, sources, tune_panel)
 from .jobs import error_line, precheck
 from .session import StudioSession
 
@@ -53,7 +53,7 @@ class Ui:
     @property
     def score_views(self) -> list:
         v = self.v
-        return [v.shown, v.lipschitz, v.scores_info, v.scores_file, self.p.bias]
+        return [v.shown, v.lipschitz, v.scores_info, v.scores_file, self.p.compensation, self.p.sequential]
 
 
 def guarded(ui: Ui, button, fn, inputs, outputs, api_name, progress_on, needs=None, **extra):
@@ -67,10 +67,10 @@ def guarded(ui: Ui, button, fn, inputs, outputs, api_name, progress_on, needs=No
 
 def after_score(session):
     """The views that follow the active scores: run picker, attention-factor chart, details, file,
-    and the bias-compensation default."""
+    and the compensation and sequential defaults."""
     return (tune_panel.scores_choices(session), score_panel.lipschitz_figure(session),
             score_panel.scores_info(session.active_scores), score_panel.save_scores(session),
-            prune_panel.compensation_default(session))
+            *compensation.defaults(session))
 
 
 def reset_views(ui: Ui, session) -> dict:
@@ -153,8 +153,8 @@ def wire_prune(ui: Ui) -> None:
     p, e = ui.p, ui.e
     p.next_step.click(lambda: gr.Tabs(selected="compare"), None, [ui.tabs], queue=False, api_visibility="private")
     ui.prune_tab.select(prune_panel.plan_info, [ui.session], [p.plan_info], **LIGHT)
-    guarded(ui, p.run, prune_panel.run_prune, [ui.session, p.bias], [p.status, p.table, p.details, p.plan_info,
-                                                                      ui.status], "prune", p.status, "plan").success(
+    guarded(ui, p.run, prune_panel.run_prune, [ui.session, p.compensation, p.sequential],
+            [p.status, p.table, p.details, p.plan_info, ui.status], "prune", p.status, "plan").success(
         export_panel.export_info, [ui.session], [e.info], **LIGHT)
 
 

@@ -105,6 +105,29 @@ def test_full_flow(served, tmp_path):
     assert count_params(reloaded.model)["total"] == summary["params_after"]
 
 
+def test_prune_compensation_and_sequential(served):
+    """/prune takes compensation none / bias / refit and sequential; the former bias bool still works; the
+    export records the choice."""
+    url, _ = served
+    client = _client(url)
+    client.predict("default", api_name="/load_model")
+    client.predict("wanda-sp", "wiki-bb", 8, "64", "auto", 0, api_name="/score")
+    _plan(client, 0.2)
+    msg, table, details, *_ = client.predict("refit", True, api_name="/prune")
+    assert (details["compensation"], details["sequential"]) == ("refit", True)
+    assert "Compensation: **refit**; sequential: **on**" in msg and "refit, sequential" in details["label"]
+    assert any(row[0].startswith("calibration pass") for row in table["data"])
+    _, archive, _ = client.predict(api_name="/export")
+    with zipfile.ZipFile(archive) as zf:
+        config = json.loads(next(zf.read(n) for n in zf.namelist() if n.endswith("/config.json")))
+    assert config["bip_studio"]["provenance"]["compensation"] == "refit"
+    assert config["bip_studio"]["provenance"]["sequential"] is True
+    msg, _, details, *_ = client.predict(True, api_name="/prune")  # the former checkbox: bias, not sequential
+    assert (details["compensation"], details["sequential"], details["bias_compensation"]) == ("bias", False, True)
+    with pytest.raises(Exception, match="Unknown compensation|not in the list of choices"):
+        client.predict("mean", api_name="/prune")
+
+
 def test_bad_input_gives_messages_and_app_keeps_working(served):
     url, _ = served
     client = _client(url)

@@ -244,7 +244,7 @@ def test_views_of_a_session_without_scores():
     session = StudioSession()
     figure = tune_panel.show_scores(session, None, "sorted", True)
     assert "No scores" in figure.layout.annotations[0].text
-    choices, chart, info, scores_file, bias = wiring.after_score(session)
+    choices, chart, info, scores_file, comp, sequential = wiring.after_score(session)
     assert info is None and scores_file is None and "No scores" in chart.layout.annotations[0].text
 
 
