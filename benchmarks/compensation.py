@@ -67,11 +67,14 @@ def grid(args) -> list[tuple]:
     ratios = [float(r) for r in args.ratios.split(",")]
     if args.stage == "alpha":
         alphas = [float(a) for a in args.alphas.split(",")]
-        return [("bip", 0, r, "refit", s, a) for r in ratios for s in (False, True) for a in alphas]
+        modes = [{"dense": False, "sequential": True}[m] for m in args.alpha_modes.split(",")]
+        return [("bip", 0, r, "refit", s, a) for r in ratios for s in modes for a in alphas]
     alpha = args.alpha if args.alpha is not None else REFIT_ALPHA
+    modes = MODES if args.modes is None else [(c, s == "sequential") for c, s in
+                                              (m.split("/") for m in args.modes.split(","))]
     return [(m, seed, r, c, s, alpha if c == "refit" else float("nan"))
             for seed in map(int, args.seeds.split(",")) for m in args.methods.split(",")
-            for r in ratios for c, s in MODES]
+            for r in ratios for c, s in modes]
 
 
 def done_keys(out: Path) -> set:
@@ -104,6 +107,10 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ratios", default="0.2,0.5")
     parser.add_argument("--alphas", default="1e-4,1e-3,1e-2,1e-1")
+    parser.add_argument("--alpha-modes", default="dense,sequential", help="refit modes of the alpha stage")
+    parser.add_argument("--modes", default=None,
+                        help="ablate stage: comma-separated compensation/sequential pairs, e.g. bias/dense,refit/sequential "
+                             "(default all six)")
     parser.add_argument("--alpha", type=float, default=None, help="refit's alpha in the ablate stage")
     parser.add_argument("--windows", type=int, default=64, help="wiki-bb valid windows of 128 tokens")
     parser.add_argument("--out", default=None, help="default results/compensation_<stage>.csv")
