@@ -19,7 +19,7 @@ How far the MLP after the attention carries a unit's change into the block outpu
 Each probe (L and the gains, separately) uses k = min(lipschitz_tokens, max(32, calibration tokens /
 probe_share)) tokens (128 at 64 x 128 calibration tokens, 32 at 16 x 128) drawn at random (seeded)
 from the first calibration batches, and reuses F(h) from the block's own pass: the gains cost
-units x k MLP token-passes per block, L another k, a fixed share (~4%) of the pass at every
+units x k MLP token-passes per block, L another k (both in one MLP call), a fixed share (~4%) of the pass at every
 calibration size (probe_share=1: every token up to lipschitz_tokens, as before; same scores at 64 x
 128 and up). L_l is always estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
 "lipschitz" is the L_l the score used, "unit_gain" the directional factors. L_l is a local,
