@@ -48,6 +48,13 @@ def weight(linear: torch.nn.Module) -> torch.Tensor:
         return w.clone() if offloaded else w
 
 
+def column_sum(x: torch.Tensor) -> torch.Tensor:
+    """x [..., rows, features] (e.g. tokens x features) summed over rows, float32 [..., 1, features]:
+    a product with a row of ones, which on CPU takes half the time of a reduction over that axis."""
+    x = x.float()
+    return torch.ones(1, x.shape[-2], dtype=x.dtype, device=x.device) @ x
+
+
 class RunningMoments:
     """Mean and sum of squared deviations over tokens, merged batch by batch (Chan et al.), so a
     variance stays accurate in float32 even where the mean is large.
@@ -64,22 +71,26 @@ class RunningMoments:
     def _scatter(self, d: torch.Tensor) -> torch.Tensor:  # d: [..., tokens, features], a fresh tensor
         if self.covariance:
             return d.transpose(-1, -2) @ d
-        return d.square_().sum(-2)  # in place: one temporary fewer per batch
+        return column_sum(d.square_())[..., 0, :]  # in place: one temporary fewer per batch
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
+        """Merge the tokens of x; `total`: x summed over tokens ([..., 1, features]) when the caller
+        has it already. Returns that sum (float32), e.g. for a caller's own running mean."""
         x = x.float()
         n_b = x.shape[-2]
-        mean_b = x.mean(-2, keepdim=True)  # [..., 1, features]
+        total = column_sum(x) if total is None else total.float()
+        mean_b = total / n_b  # [..., 1, features]
         m2_b = self._scatter(x - mean_b)
         if self.count == 0:
             self.count, self.mean, self.m2 = n_b, mean_b, m2_b
-            return
+            return total
         n_a, mean_a = self.count, self.mean.to(x.device)
         n = n_a + n_b
         diff = mean_b - mean_a
         self.mean = mean_a + diff * (n_b / n)
         self.m2 = self.m2.to(x.device) + m2_b + self._scatter(diff) * (n_a * n_b / n)
         self.count = n
+        return total
 
     def variance(self, unbiased: bool = False) -> torch.Tensor:
         """Per-feature variance (or covariance matrix) over all tokens seen, on the CPU."""
@@ -151,11 +162,17 @@ class LayerStats:
         self.on_down_input(taps.m)
         self.on_block_output(taps.y)
 
-    def on_o_input(self, z: torch.Tensor) -> None:
-        self.add("o_input", z.sum(0, dtype=torch.float32))
+    def on_o_input(self, z: torch.Tensor) -> torch.Tensor:
+        """Adds z's sum over tokens to "o_input" and returns it ([1, features], for subclasses)."""
+        total = column_sum(z)
+        self.add("o_input", total[0])
+        return total
 
-    def on_down_input(self, m: torch.Tensor) -> None:
-        self.add("down_input", m.sum(0, dtype=torch.float32))
+    def on_down_input(self, m: torch.Tensor) -> torch.Tensor:
+        """Adds m's sum over tokens to "down_input" and returns it ([1, features], for subclasses)."""
+        total = column_sum(m)
+        self.add("down_input", total[0])
+        return total
 
     def on_block_output(self, y: torch.Tensor) -> None:
         self.tokens += y.shape[0]

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from bip_core.architecture import block_parts, decoder_layers, model_geometry
+from bip_core.calibration import RunningMoments, column_sum
 from bip_core.cli import main as cli_main
 from bip_core.data import calibration_windows
 from bip_core.errors import DataError, ScoresError
 from bip_core.loading import load_model, random_model
 from bip_core.scores import Scores
 from bip_core.scoring import METHODS, score
+from bip_core.scoring.bip import mlp_together
 from bip_core.scoring.units import head_channels
 from bip_core.tiny_configs import tiny_config
 
@@ -404,3 +406,34 @@ def test_scoring_a_pruned_model(gqa_model, tokenizer):
     for j in channels_to_check(bip.layers[0]["mlp"]):
         y_cut, _ = block.without("down_proj", [j])
         assert mean_norm(y - y_cut) == pytest.approx(bip.layers[0]["mlp"][j], rel=1e-4)
+
+
+@pytest.mark.parametrize("covariance", [False, True])
+def test_running_moments_return_and_take_the_token_sum(covariance):
+    """add() returns the batch's token sum and, given it back, merges exactly as without it; mean and
+    scatter match float64 even where the mean is far larger than the spread."""
+    x = torch.randn(3, 50, 7, generator=torch.Generator().manual_seed(0)) + 100
+    own, given = RunningMoments(covariance), RunningMoments(covariance)
+    for chunk in x.split(17, dim=1):
+        total = own.add(chunk)
+        assert torch.allclose(total, chunk.sum(1, keepdim=True), rtol=1e-6)
+        given.add(chunk, total)
+    d = (x - x.mean(1, keepdim=True)).double()
+    scatter = d.transpose(1, 2) @ d if covariance else d.square().sum(1)
+    for moments in (own, given):
+        assert torch.allclose(moments.mean.double(), x.double().mean(1, keepdim=True), rtol=1e-6)
+        assert torch.allclose(moments.m2.double(), scatter, rtol=1e-4, atol=1e-3)
+    assert torch.equal(own.m2, given.m2)
+    assert torch.allclose(column_sum(x[0]), x[0].sum(0, keepdim=True), rtol=1e-6)
+
+
+def test_probes_share_one_mlp_pass():
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.SiLU(), torch.nn.Linear(9, 6))
+    inputs = [torch.randn(3, 4, 6), torch.randn(5, 6)]
+    calls = []
+    mlp.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        together = mlp_together(mlp, inputs)
+        for y, x in zip(together, inputs, strict=True):
+            assert y.shape == x.shape and torch.allclose(y, mlp(x), atol=1e-6)
+    assert len(calls) == 1 + len(inputs)  # one pass for both, then the two checks

@@ -19,7 +19,7 @@ How far the MLP after the attention carries a unit's change into the block outpu
 Each probe (L and the gains, separately) uses k = min(lipschitz_tokens, max(32, calibration tokens /
 probe_share)) tokens (128 at 64 x 128 calibration tokens, 32 at 16 x 128) drawn at random (seeded)
 from the first calibration batches, and reuses F(h) from the block's own pass: the gains cost
-units x k MLP token-passes per block, L another k, a fixed share (~4%) of the pass at every
+units x k MLP token-passes per block, L another k (both in one MLP call), a fixed share (~4%) of the pass at every
 calibration size (probe_share=1: every token up to lipschitz_tokens, as before; same scores at 64 x
 128 and up). L_l is always estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
 "lipschitz" is the L_l the score used, "unit_gain" the directional factors. L_l is a local,
@@ -46,7 +46,7 @@ from typing import Callable
 
 import torch
 
-from ..calibration import BlockTaps, LayerStats, RunningMoments, weight
+from ..calibration import BlockTaps, LayerStats, RunningMoments, column_sum, weight
 from .seeds import layer_generator
 from .units import unit_query_heads
 
@@ -64,25 +64,36 @@ LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
 Mlp = Callable[[torch.Tensor], torch.Tensor]  # F(h) = MLP(RMSNorm2(h)), [..., hidden] -> [..., hidden]
 
 
-# ---- the probes: pure functions of the block's MLP F and the probed tokens ------------------------------
-def directional_change(mlp: Mlp, h: torch.Tensor, f_h: torch.Tensor,
+# ---- the probes: pure functions of the probed tokens and the block's MLP output F there --------------
+def directional_change(f_h: torch.Tensor, f_moved: torch.Tensor,
                        delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_t ||Delta y_tg||, sum_t ||delta_tg||) per unit, Delta y_tg = delta_tg + F(h_t) - F(h_t - delta_tg):
     the block-output change of removing unit g at token t, through the MLP.
 
-    h: [k, hidden] probed tokens (the model's dtype); f_h = F(h) [k, hidden] (the block's own MLP
-    output at those tokens); delta: [units, k, hidden] float32. Costs `units` MLP passes over k tokens."""
-    f = mlp((h.float()[None] - delta).to(h.dtype)).float()  # F(h - delta)  [units, k, hidden]
-    change = delta + f_h.float()[None] - f  # [units, k, hidden]
+    f_h = F(h) [k, hidden] at the probed tokens (the block's own MLP output); f_moved = F(h - delta)
+    [units, k, hidden] (of `removed(h, delta)`); delta: [units, k, hidden] float32."""
+    change = delta + f_h.float()[None] - f_moved.float()  # [units, k, hidden]
     return change.norm(dim=-1).sum(1), delta.norm(dim=-1).sum(1)
 
 
-def lipschitz_ratios(mlp: Mlp, h: torch.Tensor, f_h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """||F(h + e) - F(h)|| / ||e|| per token; h, f_h = F(h): [k, hidden] (the model's dtype), e: [k, hidden]
-    float32, taken as the model's dtype rounded it. Costs one MLP pass over k tokens."""
-    moved = h + e.to(h.dtype)
-    e = (moved.float() - h.float())
-    return (mlp(moved).float() - f_h.float()).norm(dim=-1) / e.norm(dim=-1)
+def removed(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """h - delta [units, k, hidden] in h's dtype: the probed tokens without each unit's change."""
+    return (h.float()[None] - delta).to(h.dtype)
+
+
+def lipschitz_ratios(h: torch.Tensor, moved: torch.Tensor, f_h: torch.Tensor, f_moved: torch.Tensor) -> torch.Tensor:
+    """||F(h + e) - F(h)|| / ||e|| per token; h, moved = h + e, f_h = F(h), f_moved = F(h + e): [k, hidden]
+    (the model's dtype; e as the model's dtype rounded it)."""
+    e = moved.float() - h.float()
+    return (f_moved.float() - f_h.float()).norm(dim=-1) / e.norm(dim=-1)
+
+
+def mlp_together(mlp: Mlp, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[mlp(x) for x in inputs] ([..., hidden] each) in one call over all their tokens: one set of
+    larger matrix products instead of several small ones."""
+    rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
+    out = mlp(torch.cat(rows)).split([len(r) for r in rows])
+    return [y.reshape(x.shape) for y, x in zip(out, inputs)]
 
 
 def random_directions(h: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
@@ -116,9 +127,12 @@ class Stats(LayerStats):
 
     def on_block(self, taps: BlockTaps) -> None:
         super().on_block(taps)  # unit and channel statistics (on_o_input, on_down_input below)
-        if self.directional and self.units:
-            self.probe_gains(taps.z, taps.h, taps.f)
-        self.probe_lipschitz(taps.h, taps.f)
+        probes = [self.probe_gains(taps.z, taps.h, taps.f) if self.directional and self.units else None,
+                  self.probe_lipschitz(taps.h, taps.f)]
+        probes = [p for p in probes if p is not None]
+        if probes:  # both probes in one MLP pass
+            for (_, record), f_moved in zip(probes, mlp_together(self.mlp, [moved for moved, _ in probes])):
+                record(f_moved)
 
     # ---- attention: mean_t ||W_g z_tg|| ----------------------------------------------------------
     def unit_inputs(self, z: torch.Tensor) -> torch.Tensor:
@@ -137,27 +151,29 @@ class Stats(LayerStats):
         return self.gram
 
     def on_o_input(self, z):
-        super().on_o_input(z)
+        total = super().on_o_input(z)  # [1, heads*head_dim]
         if not self.units:  # attention pruned away
-            return
+            return total
         z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
         if self.centred:
-            self.unit_moments.add(z_units)
-            return
+            self.unit_moments.add(z_units, self.unit_inputs(total))
+            return total
         gram = self.unit_grams(z.device)
         delta_sq = ((z_units @ gram) * z_units).sum(-1)  # ||delta_tg||^2  [units, tokens]
         self.add("delta_norm", delta_sq.clamp_min(0).sqrt().sum(1))
+        return total
 
     # ---- channels: mean_t |m_tj| --------------------------------------------------------------------
     def on_down_input(self, m):
-        super().on_down_input(m)
+        total = super().on_down_input(m)  # [1, intermediate]
         aggregation = self.options["aggregation"]
         if aggregation == "std":
-            self.channel_moments.add(m)
+            self.channel_moments.add(m, total)
         elif aggregation == "mean_abs":
             self.add("abs_m", m.float().abs().sum(0))  # sum_t |m_tj|
         else:
             self.add("squared_m", (m.float() ** 2).sum(0))  # sum_t m_tj^2
+        return total
 
     # ---- the probes, on a few seeded tokens of the first batches --------------------------------------
     def probe_tokens(self) -> int:
@@ -172,29 +188,38 @@ class Stats(LayerStats):
     def pick(self, tokens: int, wanted: int, device) -> torch.Tensor:
         return torch.randperm(tokens, generator=self.generator)[:wanted].to(device)
 
-    def probe_gains(self, z: torch.Tensor, h: torch.Tensor, f: torch.Tensor) -> None:
+    def probe_gains(self, z: torch.Tensor, h: torch.Tensor, f: torch.Tensor):
         """"directional": the MLP's gain along each unit's own change (delta centred on the batch mean
-        for "std", i.e. with the mean put back as compensation does)."""
+        for "std", i.e. with the mean put back as compensation does). Returns (MLP inputs h - delta,
+        record(F of them)), or None once enough tokens were probed."""
         wanted = self.probe_tokens() - self.gain_tokens
         if wanted <= 0:
-            return
+            return None
         z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
         picked = self.pick(z_units.shape[1], wanted, z.device)
         centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
         w_units = self.unit_inputs(weight(self.parts.o_proj).to(h.device))  # [units, hidden, unit_width]
         delta = (z_units[:, picked] - centre) @ w_units.transpose(1, 2)  # [units, k, hidden]
-        change, size = directional_change(self.mlp, h[picked], f[picked], delta)
-        self.gain_sums += torch.stack([change, size]).cpu()
-        self.gain_tokens += len(picked)
 
-    def probe_lipschitz(self, h: torch.Tensor, f: torch.Tensor) -> None:
-        """L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens."""
+        def record(f_moved: torch.Tensor) -> None:
+            change, size = directional_change(f[picked], f_moved, delta)
+            self.gain_sums += torch.stack([change, size]).cpu()
+            self.gain_tokens += len(picked)
+        return removed(h[picked], delta), record
+
+    def probe_lipschitz(self, h: torch.Tensor, f: torch.Tensor):
+        """L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens. Returns (MLP inputs h + e, record(F of them)),
+        or None once enough tokens were probed."""
         wanted = self.probe_tokens() - sum(len(r) for r in self.lipschitz_ratios)
         if wanted <= 0:
-            return
+            return None
         picked = self.pick(h.shape[0], wanted, h.device)
         e = random_directions(h[picked], self.options["lipschitz_eps"], self.generator)
-        self.lipschitz_ratios.append(lipschitz_ratios(self.mlp, h[picked], f[picked], e).cpu())
+        moved = h[picked] + e.to(h.dtype)
+
+        def record(f_moved: torch.Tensor) -> None:
+            self.lipschitz_ratios.append(lipschitz_ratios(h[picked], moved, f[picked], f_moved).cpu())
+        return moved, record
 
     def unit_gains(self) -> torch.Tensor:  # [units]
         return self.gain_sums[0] / self.gain_sums[1].clamp_min(1e-30)
@@ -224,7 +249,7 @@ class Stats(LayerStats):
         out = super().finish()
         estimate = self.lipschitz_estimate()
         lipschitz = estimate if self.options["lipschitz"] == "measured" else 0.0
-        column_norm = weight(self.parts.down_proj).norm(dim=0).cpu()  # ||W_down[:, j]||_2  [intermediate]
+        column_norm = column_sum(weight(self.parts.down_proj).square())[0].sqrt().cpu()  # ||W_down[:, j]||_2
         if self.directional and self.units:
             out["unit_gain"] = self.unit_gains()
             out["attention"] = out["unit_gain"] * self.unit_change()

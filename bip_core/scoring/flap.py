@@ -39,12 +39,10 @@ class Stats(LayerStats):
         self.o_moments, self.down_moments = RunningMoments(), RunningMoments()
 
     def on_o_input(self, z):
-        super().on_o_input(z)
-        self.o_moments.add(z)
+        return self.o_moments.add(z, super().on_o_input(z))
 
     def on_down_input(self, m):
-        super().on_down_input(m)
-        self.down_moments.add(m)
+        return self.down_moments.add(m, super().on_down_input(m))
 
     def finish(self):
         out = super().finish()
