@@ -11,9 +11,9 @@ settings. The dense model is evaluated once as the row `method = "dense"`, ratio
 cannot be made (e.g. a ratio too high for the constraints) gives a row with `error` and no ppl.
 
 compensation is none, bias (FLAP's mean), refit (ridge least squares of the kept o_proj/down_proj
-columns, bip_core.refit) or auto (bias for centred scores, else none). sequential chooses each
-layer's units on the outputs of the already-pruned layers before it (bip_core.sequential); auto is
-the method's original practice (on for wanda-sp). Sequential and refit rows run one more
+columns, bip_core.refit) or auto. sequential chooses each layer's units on the outputs of the
+already-pruned layers before it (bip_core.sequential). auto is the method's default practice
+(bip_core.practice): LLM-BIP refit and sequential, FLAP bias, Wanda-sp sequential without compensation. Sequential and refit rows run one more
 calibration pass per plan.
 
 With `out`, the CSV is rewritten after every row (a long sweep keeps what it has measured) and a
@@ -31,6 +31,7 @@ import pandas as pd
 from .errors import BipError, PlanError
 from .options import parse_options
 from .perplexity import paper_split, perplexity
+from .practice import default_practice
 from .scores import is_centred, recommends_compensation  # noqa: F401  (is_centred: sweep's old name)
 
 COLUMNS = ["method", "allocation", "ratio", "ppl", "nll", "params", "params_attention_mlp", "removed_attention_mlp",
@@ -58,21 +59,22 @@ COMPENSATION_ALIASES = {True: "bias", "on": "bias", False: "none", "off": "none"
 
 
 def resolve_compensation(setting, scores) -> str:
-    """none / bias / refit, with 'auto' = bias for centred scores (else none); on/off/True/False: bias/none."""
+    """none / bias / refit; 'auto' = the method's default practice (bip_core.practice); on/off/True/False:
+    bias/none."""
     from .sequential import COMPENSATIONS
 
     setting = COMPENSATION_ALIASES.get(setting, setting)
     if setting == "auto":
-        return "bias" if recommends_compensation(scores) else "none"
+        return default_practice(scores)[0]
     if setting not in COMPENSATIONS:
         raise BipError(f"compensation must be auto, {', '.join(COMPENSATIONS)} (got {setting!r}).")
     return setting
 
 
-def resolve_sequential(setting, method: str) -> bool:
-    """'auto': the method's original practice (Wanda-sp prunes layer by layer); else the boolean asked."""
+def resolve_sequential(setting, scores) -> bool:
+    """'auto': the method's default practice (Wanda-sp and LLM-BIP layer by layer); else the boolean asked."""
     if setting == "auto":
-        return method == "wanda-sp"
+        return default_practice(scores)[1]
     if setting not in (True, False):
         raise BipError(f"sequential must be 'auto', True or False (got {setting!r}).")
     return setting
@@ -209,7 +211,7 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
         chosen = resolve_compensation(compensation, scores)
         common = {"method": spec, "score_seconds": scores.meta.get("seconds"), "unit": scores.meta.get("unit"),
                   "score_peak_memory_bytes": scores.meta.get("peak_memory_bytes"), "compensation": chosen,
-                  "bias_compensation": chosen == "bias", "sequential": resolve_sequential(sequential, method),
+                  "bias_compensation": chosen == "bias", "sequential": resolve_sequential(sequential, scores),
                   "refit_alpha": (refit_alpha or REFIT_ALPHA) if chosen == "refit" else None, **calibration}
         for allocation in allocations:
             for ratio in ratios:

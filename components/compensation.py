@@ -2,9 +2,9 @@
 and what a choice needs (the library does the work: bip_core.sequential.compress_like)."""
 import gradio as gr
 
+from bip_core.practice import default_practice
 from bip_core.scores import has_mean_inputs, recommends_compensation
 from bip_core.sequential import COMPENSATIONS
-from bip_core.sweep import resolve_sequential
 
 CHOICES = [("none", "none"), ("bias (FLAP's mean)", "bias"), ("refit (least squares)", "refit")]
 NAMES = {"none": "no compensation", "bias": "bias comp.", "refit": "refit"}
@@ -43,22 +43,23 @@ def recalibrates(scores) -> bool:
 def _compensation_info(scores) -> str:
     if not recalibrates(scores):
         return "needs scores of a forward method (LLM-BIP, FLAP, Wanda-sp); these have no forward pass"
+    if scores.meta.get("method") == "bip" and recommends_compensation(scores):
+        return "refit, sequential: LLM-BIP's default (best on the valid split); " + PASS_NOTE
     if recommends_compensation(scores):
         return "bias recommended: these scores measure the change left after it; refit: " + PASS_NOTE
     return "these scores measure the full change: none is their default; refit: " + PASS_NOTE
 
 
 def defaults(session):
-    """The two controls' updates for the active scores: bias for centred scores (FLAP, LLM-BIP's default
-    'std'), as the CLI's sweep does; sequential for Wanda-sp, as its original runs."""
+    """The two controls' updates for the active scores: each method's default practice (bip_core.practice:
+    LLM-BIP refit and sequential, FLAP bias, Wanda-sp sequential), as the CLI's sweep does."""
     scores = session.active_scores if session is not None else None
     if scores is None:
         return gr.update(), gr.update()
     usable = recalibrates(scores)
-    method = scores.meta.get("method")
-    return (gr.update(value="bias" if recommends_compensation(scores) else "none", interactive=usable,
-                      info=_compensation_info(scores)),
-            gr.update(value=usable and resolve_sequential("auto", method), interactive=usable))
+    compensation, sequential = default_practice(scores)
+    return (gr.update(value=compensation, interactive=usable, info=_compensation_info(scores)),
+            gr.update(value=usable and sequential, interactive=usable))
 
 
 def check(scores, compensation: str, sequential: bool) -> None:

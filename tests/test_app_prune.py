@@ -53,15 +53,16 @@ def _weights(model, name):
 
 
 def test_defaults_follow_the_scores(scored):
-    """Bias for centred scores (LLM-BIP's default 'std'), sequential for Wanda-sp, nothing to choose for
-    scores without a forward pass."""
+    """Each method's practice (bip_core.practice): refit and sequential for LLM-BIP's centred scores, sequential
+    without compensation for Wanda-sp, nothing to choose for scores without a forward pass."""
     def defaults(method):
         session = StudioSession()
         session.add_scores(method, scored[method])
         return compensation.defaults(session)
 
     comp, seq = defaults("bip")
-    assert (comp["value"], seq["value"], comp["interactive"], seq["interactive"]) == ("bias", False, True, True)
+    assert (comp["value"], seq["value"], comp["interactive"], seq["interactive"]) == ("refit", True, True, True)
+    assert "LLM-BIP's default" in comp["info"]
     comp, seq = defaults("wanda-sp")
     assert (comp["value"], seq["value"]) == ("none", True)
     comp, seq = defaults("magnitude")

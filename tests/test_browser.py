@@ -172,12 +172,13 @@ def test_full_flow_in_a_browser(browser_page):
 
     # 3 · Prune
     page.get_by_role("tab", name="3 · Prune").click()
-    # LLM-BIP's default (centred) scores: bias compensation, not sequential (that is Wanda-sp's default).
-    assert page.locator("#bip-compensation").get_by_label("bias (FLAP's mean)").is_checked()
-    assert not page.locator("#bip-sequential input").is_checked()
+    # LLM-BIP's default (centred) scores: refit, layer by layer (its default practice, chosen on valid).
+    assert page.locator("#bip-compensation").get_by_label("refit (least squares)").is_checked()
+    assert page.locator("#bip-sequential input").is_checked()
     page.locator("#bip-prune-btn").click()
-    page.wait_for_function("document.querySelector('#bip-prune-table').innerText.includes('MLP channels (all layers)')")
-    assert "Compensation: bias; sequential: off" in page.locator("#bip-prune-status").inner_text()
+    page.wait_for_function("document.querySelector('#bip-prune-table').innerText.includes('MLP channels (all layers)')",
+                           timeout=180_000)
+    assert "Compensation: refit; sequential: on" in page.locator("#bip-prune-status").inner_text()
     page.wait_for_selector("text=Compare it with the original")
     shot(page, "06_pruned")
 

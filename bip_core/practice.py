@@ -1,0 +1,38 @@
+"""Each method's default compensation and sequential setting ("auto" in sweep, the app's Prune step).
+
+    compensation, sequential = default_practice(scores)
+
+One table, chosen as each original runs it, except LLM-BIP's, which was chosen on the wiki-bb valid
+split (benchmarks/compensation.py, results/compensation_ablate_*.csv; README "Compensation"):
+
+    LLM-BIP (centred scores)   refit, sequential   the kept o_proj/down_proj columns refit layer by layer
+    FLAP                       bias, one pass      its own mean compensation
+    Wanda-sp                   none, sequential    FLAP's prune_wanda_sp: bias=False, layer by layer
+    the rest                   none, one pass      (bias needs centred scores and their mean inputs)
+
+Refit and sequential need a forward method's mean inputs (scores.has_mean_inputs); without them the
+default falls back to none, one pass.
+"""
+from __future__ import annotations
+
+from .scores import has_mean_inputs, recommends_compensation
+
+PRACTICE = {  # method -> (compensation for centred scores, sequential)
+    "bip": ("refit", True),
+    "flap": ("bias", False),
+    "wanda-sp": ("none", True),
+}
+
+
+def default_practice(scores) -> tuple[str, bool]:
+    """(compensation, sequential) for these scores: PRACTICE, where the scores allow it."""
+    method = scores.meta.get("method")
+    if not has_mean_inputs(scores):
+        return "none", False
+    compensation, sequential = PRACTICE.get(method, ("none", False))
+    if compensation != "none" and not recommends_compensation(scores):
+        compensation = "none"  # a full-change (uncentred) score: measured without compensation
+    return compensation, sequential
+
+
+__all__ = ["default_practice", "PRACTICE"]
