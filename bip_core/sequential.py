@@ -43,6 +43,10 @@ from .surgery import COMPENSATED, compensation_bias, kept_indices
 COMPENSATIONS = ("none", "bias", "refit")
 REFIT_ALPHA = 1e-3  # ridge: alpha x the mean variance of the kept inputs (chosen on the valid split)
 COVARIANCE = {"o_proj": "o_input_covariance", "down_proj": "down_input_covariance"}
+FORWARD_METHODS = ("bip", "flap", "wanda-sp")
+# A dense (not sequential) refit keeps the plan's units: its pass runs the cheapest forward statistics, which carry
+# the means and covariances it needs (bip's probes would cost time and, on a 7B layer, about 2 GB for nothing).
+MOMENTS_METHOD = "wanda-sp"
 
 
 class InputMoments(LayerStats):
@@ -186,16 +190,22 @@ def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = T
 def compress_like(model, tokenizer, plan: Plan, scores, *, sequential: bool, compensation: str,
                   alpha: float = REFIT_ALPHA, progress=None, **placement) -> Compressed:
     """calibrate_and_compress with the method, options and calibration text that made `scores`; as given
-    (no pass) when neither sequential nor refit is asked. placement: weight_source, device, dtype, pipeline,
+    (no pass) when neither sequential nor refit is asked. A dense refit runs MOMENTS_METHOD's statistics instead
+    of the method's (the same means and covariances, fewer sums) and returns `scores` as given. placement: weight_source, device, dtype, pipeline,
     refit_on_disk."""
     if not sequential and compensation != "refit":
         return Compressed(plan, scores)
     meta = scores.meta
-    return calibrate_and_compress(model, tokenizer, plan, sequential=sequential, compensation=compensation, alpha=alpha,
-                                  method=meta.get("method"), source=meta.get("source", "wiki-bb"),
+    method, options = meta.get("method"), meta.get("options") or {}
+    dense_refit = not sequential and method in FORWARD_METHODS
+    if dense_refit:  # the pass needs only the inputs' means and covariances, not the method's statistics
+        method, options = MOMENTS_METHOD, {}
+    done = calibrate_and_compress(model, tokenizer, plan, sequential=sequential, compensation=compensation,
+                                  alpha=alpha, method=method, source=meta.get("source", "wiki-bb"),
                                   samples=meta.get("samples") or 64, seq_len=meta.get("seq_len") or 128,
                                   seed=meta.get("seed", 0), unit=plan.unit, progress=progress,
-                                  **{**placement, "pipeline": "layerwise"}, **(meta.get("options") or {}))
+                                  **{**placement, "pipeline": "layerwise"}, **options)
+    return Compressed(done.plan, scores, done.refit) if dense_refit else done
 
 
 __all__ = ["calibrate_and_compress", "compress_like", "Compressed", "COMPENSATIONS", "REFIT_ALPHA", "InputMoments", "choose_kept"]
