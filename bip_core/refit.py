@@ -20,10 +20,12 @@ Since W C[:, K] = W_K C[K, K] + W_P C[P, K] (P: the removed columns), the soluti
     W'_K = W_K + W_P C[P, K] (C[K, K] + lam I)^-1,     b' = b + W_P mu_P - (W'_K - W_K) mu_K,
 
 which is how it is computed: only the blocks C[K, K] and C[P, K] of the covariance are made (in
-float64, the covariance itself stays in its own dtype, float32 from the calibration pass), C[K, K]
-+ lam I is factored in place by Cholesky, and least squares (gelsd) takes over where it is not
-positive definite (lam = 0 with dependent inputs). For a 7B down_proj (11008 inputs) that is about
-1 GB of float64 rather than the 4 GB of the full covariance, its copies and an LU factorisation.
+float64, filled a few rows at a time; the covariance itself stays in its own dtype, float32 from
+the calibration pass), C[K, K] + lam I is factored in place by Cholesky once, and the output rows
+are solved a chunk at a time; least squares (gelsd) takes over where C[K, K] + lam I is not
+positive definite (lam = 0 with dependent inputs). For a 7B down_proj (11008 inputs) that is one
+float64 |K| x |K| matrix (at most 0.97 GB) and |P| x |K| block, plus chunks of ~45 MB, rather than
+the full covariance in float64, its copies, an LU factorisation and [out, |K|] float64 matrices.
 """
 from __future__ import annotations
 
@@ -41,12 +43,20 @@ def _ridge(variances: torch.Tensor, alpha: float) -> float:
     return float(alpha) * variances.double().mean().clamp_min(0).item()
 
 
+ROWS_PER_CHUNK = 512  # output rows (and covariance rows) handled at a time: ~45 MB of float64 for 11008 inputs
+
+
 def covariance_block(covariance: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
                      device=None) -> torch.Tensor:
-    """covariance[rows][:, columns] in float64 on `device`, without a copy of the whole matrix."""
+    """covariance[rows][:, columns] in float64 on `device`, filled a few rows at a time (no copy of the
+    whole matrix, nor of the block in the covariance's own dtype)."""
     on = covariance.device
-    block = covariance[rows.to(on).unsqueeze(1), columns.to(on)]
-    return block.to(device=device or on, dtype=torch.float64)
+    rows, columns = rows.to(on), columns.to(on)
+    block = torch.empty(len(rows), len(columns), dtype=torch.float64, device=device or on)
+    for start in range(0, len(rows), ROWS_PER_CHUNK):
+        chunk = rows[start:start + ROWS_PER_CHUNK]
+        block[start:start + len(chunk)] = covariance[chunk.unsqueeze(1), columns]
+    return block
 
 
 def refit_linear(weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Tensor, covariance: torch.Tensor,
@@ -54,22 +64,26 @@ def refit_linear(weight: torch.Tensor, bias: torch.Tensor | None, mean: torch.Te
     """(W'_K [out, |K|], b' [out]) for `weight` [out, in] keeping input columns `kept` (see the docstring).
 
     mean [in] and covariance [in, in] are of the Linear's input over calibration tokens (any float
-    dtype, any device). Returned in the weight's dtype and device; the solve is float64."""
+    dtype, any device). Returned in the weight's dtype and device; the solve is float64, a few output
+    rows at a time."""
     w = weight.detach()
     kept, pruned = _split(kept, w.shape[1], w.device)
     mu = torch.as_tensor(mean).to(device=w.device, dtype=torch.float64).reshape(-1)
     b = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) if bias is None else bias.detach().double()
-    w_pruned = w[:, pruned].double()
-    removed_mean = w_pruned @ mu[pruned]  # [out]: what the removed columns gave on average
+    b = b + w[:, pruned].double() @ mu[pruned]  # not in place: b may be the caller's bias
     if len(kept) == 0 or len(pruned) == 0:
-        return w[:, kept], (b + removed_mean).to(w.dtype)  # indexing copies
-    shift_t = covariance_block(covariance, kept, pruned, w.device) @ w_pruned.T  # (W_P C[P, K])^T: [|K|, out]
-    del w_pruned
+        return w[:, kept], b.to(w.dtype)  # indexing copies
+    cross = covariance_block(covariance, pruned, kept, w.device)  # C[P, K]
     lam = _ridge(covariance.diagonal()[kept.to(covariance.device)], alpha)
-    delta_t = _solve_shift(lambda: _ridged(covariance, kept, lam, w.device), shift_t, w[:, kept].double().T)
-    new_w = w[:, kept].double().add_(delta_t.T)
-    new_b = b + removed_mean - mu[kept] @ delta_t  # not in place: b may be the caller's bias
-    return new_w.to(w.dtype), new_b.to(w.dtype)
+    solve = _solver(lambda: _ridged(covariance, kept, lam, w.device))
+    new_w = torch.empty(w.shape[0], len(kept), dtype=w.dtype, device=w.device)
+    for start in range(0, w.shape[0], ROWS_PER_CHUNK):
+        rows = slice(start, start + ROWS_PER_CHUNK)
+        w_kept = w[rows][:, kept].double()
+        delta = solve(w[rows][:, pruned].double() @ cross, w_kept)  # W'_K - W_K for these rows
+        new_w[rows] = w_kept + delta
+        b[rows] -= delta @ mu[kept]
+    return new_w, b.to(w.dtype)
 
 
 def _split(kept, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,22 +101,28 @@ def _ridged(covariance: torch.Tensor, kept: torch.Tensor, lam: float, device) ->
     return lhs
 
 
-def _solve_shift(make_lhs, shift_t: torch.Tensor, w_kept_t: torch.Tensor) -> torch.Tensor:
-    """(W'_K - W_K)^T = lhs^-1 shift_t for a symmetric lhs = make_lhs(): Cholesky, factored in place;
-    where lhs is not positive definite, least squares on the whole system lhs W'_K^T = lhs W_K^T + shift_t
-    (the minimum-norm W'_K, as a plain least-squares solve gives it)."""
+def _solver(make_lhs):
+    """solve(shift, w_kept) -> shift lhs^-1 for the symmetric lhs = make_lhs(), which is made and factored
+    (Cholesky, in place) once. Where lhs is not positive definite, least squares on the whole system
+    W'_K lhs = W_K lhs + shift, minus W_K (the minimum-norm W'_K, as a plain least-squares solve gives it)."""
     factor = make_lhs()
     info = torch.empty((), dtype=torch.int32, device=factor.device)
     torch.linalg.cholesky_ex(factor, out=(factor, info))
-    if int(info) == 0:
-        delta_t = torch.cholesky_solve(shift_t, factor)
-        if torch.isfinite(delta_t).all():
-            return delta_t
-    del factor
-    lhs = make_lhs()
-    rhs_t = shift_t.add_(lhs @ w_kept_t)
-    driver = "gelsd" if lhs.device.type == "cpu" else None
-    return torch.linalg.lstsq(lhs, rhs_t, driver=driver).solution.sub_(w_kept_t)
+    cholesky = int(info) == 0 and bool(torch.isfinite(factor).all())
+    if not cholesky:
+        factor = make_lhs()
+
+    def solve(shift: torch.Tensor, w_kept: torch.Tensor) -> torch.Tensor:
+        if cholesky:
+            delta = torch.cholesky_solve(shift.T, factor).T
+            if torch.isfinite(delta).all():
+                return delta
+        lhs = factor if not cholesky else make_lhs()
+        rhs = (shift + w_kept @ lhs).T
+        solution = torch.linalg.lstsq(lhs, rhs, driver="gelsd" if lhs.device.type == "cpu" else None).solution
+        return solution.T - w_kept
+
+    return solve
 
 
 __all__ = ["refit_linear", "ridge", "covariance_block"]
