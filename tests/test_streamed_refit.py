@@ -149,3 +149,31 @@ def test_prune_cli_streamed_refit_gives_the_whole_refit_export(saved, tmp_path, 
     for summary in summaries.values():
         del summary["out"], summary["seconds"], summary["streamed"]
     assert summaries["streamed"] == summaries["whole"]
+
+
+SIGTERM_SCRIPT = """
+import os, signal, sys, time
+from bip_core.cli import exit_on_sigterm
+from bip_core.refit_store import RefitFiles
+import torch
+store = RefitFiles()
+store.put(0, {"o_proj": (torch.ones(2, 2), None)})
+print(store.folder, flush=True)
+exit_on_sigterm()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+"""
+
+
+def test_sigterm_under_python_m_bip_core_removes_the_refit_files(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "TMPDIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", SIGTERM_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    folder = Path(result.stdout.strip())
+    assert folder.parent == tmp_path and not folder.exists()
