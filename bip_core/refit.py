@@ -21,7 +21,7 @@ Since W C[:, K] = W_K C[K, K] + W_P C[P, K] (P: the removed columns), the soluti
 
 which is how it is computed: only the blocks C[K, K] and C[P, K] of the covariance are made (in
 float64, filled a few rows at a time; the covariance itself stays in its own dtype, float32 from
-the calibration pass), C[K, K] + lam I is factored in place by Cholesky once, and the output rows
+the calibration pass), C[K, K] + lam I is factored in place by Cholesky once (no copy), and the output rows
 are solved a chunk at a time; least squares (gelsd) takes over where C[K, K] + lam I is not
 positive definite (lam = 0 with dependent inputs). For a 7B down_proj (11008 inputs) that is one
 float64 |K| x |K| matrix (at most 0.97 GB) and |P| x |K| block, plus chunks of ~45 MB, rather than
@@ -102,27 +102,38 @@ def _ridged(covariance: torch.Tensor, kept: torch.Tensor, lam: float, device) ->
 
 
 def _solver(make_lhs):
-    """solve(shift, w_kept) -> shift lhs^-1 for the symmetric lhs = make_lhs(), which is made and factored
-    (Cholesky, in place) once. Where lhs is not positive definite, least squares on the whole system
-    W'_K lhs = W_K lhs + shift, minus W_K (the minimum-norm W'_K, as a plain least-squares solve gives it)."""
-    factor = make_lhs()
-    info = torch.empty((), dtype=torch.int32, device=factor.device)
-    torch.linalg.cholesky_ex(factor, out=(factor, info))
-    cholesky = int(info) == 0 and bool(torch.isfinite(factor).all())
-    if not cholesky:
-        factor = make_lhs()
+    """solve(shift, w_kept) -> shift lhs^-1 for the symmetric lhs = make_lhs(), made and factored (Cholesky) once.
+    Where lhs is not positive definite, least squares on the whole system W'_K lhs = W_K lhs + shift, minus W_K
+    (the minimum-norm W'_K, as a plain least-squares solve gives it)."""
+    factor = _cholesky_in_place(make_lhs())
+    lhs = make_lhs() if factor is None else None
 
     def solve(shift: torch.Tensor, w_kept: torch.Tensor) -> torch.Tensor:
-        if cholesky:
-            delta = torch.cholesky_solve(shift.T, factor).T
+        if factor is not None:
+            delta = _cholesky_solve_right(shift, factor)
             if torch.isfinite(delta).all():
                 return delta
-        lhs = factor if not cholesky else make_lhs()
-        rhs = (shift + w_kept @ lhs).T
-        solution = torch.linalg.lstsq(lhs, rhs, driver="gelsd" if lhs.device.type == "cpu" else None).solution
+        a = lhs if lhs is not None else make_lhs()
+        solution = torch.linalg.lstsq(a, (shift + w_kept @ a).T,
+                                      driver="gelsd" if a.device.type == "cpu" else None).solution
         return solution.T - w_kept
 
     return solve
+
+
+def _cholesky_in_place(lhs: torch.Tensor) -> torch.Tensor | None:
+    """The lower Cholesky factor L of the symmetric `lhs`, written over it (a column-major view, which LAPACK
+    factors without a copy: lhs is its own transpose); None when lhs is not positive definite."""
+    factor = lhs.mT
+    info = torch.empty((), dtype=torch.int32, device=lhs.device)
+    torch.linalg.cholesky_ex(factor, out=(factor, info))
+    return factor if int(info) == 0 and bool(torch.isfinite(factor.diagonal()).all()) else None
+
+
+def _cholesky_solve_right(shift: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """shift (L L^T)^-1 by two triangular solves from the right (no copy of L, unlike torch.cholesky_solve)."""
+    half = torch.linalg.solve_triangular(factor.mT, shift, upper=True, left=False)  # half L^T = shift
+    return torch.linalg.solve_triangular(factor, half, upper=False, left=False)     # delta L = half
 
 
 __all__ = ["refit_linear", "ridge", "covariance_block"]
