@@ -16,11 +16,13 @@ benchmark prints its wall time and peak resident set (VmHWM, reset when the proc
 
     score  bip, 8 x 128 wiki-bb tokens
     plan   ratio 0.3, global-energy
-    prune  with bias compensation, exported (streamed from the shards when layer-wise)
+    prune  with bias compensation (`--compensation refit`: refit of the kept o_proj/down_proj columns,
+           fitted on a second calibration pass), exported (streamed from the shards when layer-wise)
     eval   perplexity of the export on 2 wiki-bb test windows (layer-wise runs: on the CPU with
            `--max-memory cpu=2GiB --offload-folder`, accelerate reading the rest from disk)
 
-Rows are appended to results/scale.csv. Target (issue 11): the 7B shape within 4 GiB peak RSS at
+`--steps prune,eval --work DIR` runs only those steps, on the checkpoint, scores and plan an earlier
+run left in DIR (`--keep`). Rows are appended to results/scale.csv. Target (issue 11): the 7B shape within 4 GiB peak RSS at
 every step on a 2-core, 24 GB CPU machine.
 """
 from __future__ import annotations
@@ -46,7 +48,9 @@ SHAPES = {  # the config fields that differ from transformers' LlamaConfig defau
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5),
 }
 GIB = 1024**3
-CSV_FIELDS = ["shape", "pipeline", "dtype", "device", "step", "seconds", "peak_rss_gib", "model_gib", "detail"]
+CSV_FIELDS = ["shape", "pipeline", "dtype", "device", "compensation", "step", "seconds", "peak_rss_gib", "model_gib",
+              "detail"]
+STEPS = ("score", "plan", "prune", "eval")
 
 
 def train_tokenizer(vocab_size: int, folder: Path) -> None:
@@ -129,7 +133,8 @@ def run_step(argv: list[str], work: Path) -> tuple[float, float, str]:
     return seconds, int(peak_path.read_text()) * 1024 / GIB, " ".join(lines[-3:])
 
 
-def steps(model: str, work: Path, pipeline: str, dtype: str, device: str) -> list[tuple[str, list[str]]]:
+def steps(model: str, work: Path, pipeline: str, dtype: str, device: str,
+          compensation: str = "bias") -> list[tuple[str, list[str]]]:
     common = ["--device", device, "--dtype", dtype]
     scores, plan, export = work / "scores.json", work / "plan.json", work / "export"
     # eval runs the export whole; on the CPU under a 2 GiB budget, accelerate streams the rest from disk
@@ -141,7 +146,7 @@ def steps(model: str, work: Path, pipeline: str, dtype: str, device: str) -> lis
         ("plan", ["plan", "--model", model, *common, "--pipeline", pipeline, "--scores", str(scores),
                   "--ratio", "0.3", "--allocation", "global-energy", "--out", str(plan)]),
         ("prune", ["prune", "--model", model, *common, "--pipeline", pipeline, "--scores", str(scores),
-                   "--plan", str(plan), "--bias-compensation", "--out", str(export)]),
+                   "--plan", str(plan), "--compensation", compensation, "--no-sequential", "--out", str(export)]),
         ("eval", ["eval", "--model", str(export), *common, *capped, "--windows", "2", "--json"]),
     ]
 
@@ -152,10 +157,17 @@ def main(argv=None) -> int:
     parser.add_argument("--pipeline", choices=["layerwise", "whole", "auto"], default="layerwise")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compensation", choices=["none", "bias", "refit"], default="bias",
+                        help="the prune step's compensation (refit: a calibration pass and a ridge solve per layer)")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help="the steps to run, comma-separated (later ones reuse the outputs earlier runs left in --work)")
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one, removed at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint and the export")
     parser.add_argument("--out", default=str(ROOT / "results" / "scale.csv"))
     args = parser.parse_args(argv)
+    wanted = args.steps.split(",")
+    if not set(wanted) <= set(STEPS):
+        parser.error(f"--steps: choose among {', '.join(STEPS)}")
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bip-scale-"))
     rows = []
@@ -171,10 +183,12 @@ def main(argv=None) -> int:
                 model_gib = open_weights(model).nbytes() / GIB
             print(f"checkpoint {args.shape}: {model_gib:.2f} GiB in bfloat16, {time.perf_counter() - started:.0f} s",
                   flush=True)
-        for step, step_argv in steps(model, work, args.pipeline, args.dtype, args.device):
+        for step, step_argv in steps(model, work, args.pipeline, args.dtype, args.device, args.compensation):
+            if step not in wanted:
+                continue
             seconds, peak, detail = run_step(step_argv, work)
             row = {"shape": args.shape, "pipeline": args.pipeline, "dtype": args.dtype, "device": args.device,
-                   "step": step, "seconds": round(seconds, 1), "peak_rss_gib": round(peak, 2),
+                   "compensation": args.compensation if step == "prune" else "", "step": step, "seconds": round(seconds, 1), "peak_rss_gib": round(peak, 2),
                    "model_gib": round(model_gib, 2), "detail": detail[:200]}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -186,12 +200,19 @@ def main(argv=None) -> int:
 
 
 def _append(path: Path, rows: list[dict]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    """Append `rows`; a file with older columns is rewritten under the union of both (older rows left blank)."""
+    old_rows, fields = [], list(CSV_FIELDS)
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            old_rows = list(reader)
+            fields = [*(reader.fieldnames or []), *(name for name in CSV_FIELDS if name not in (reader.fieldnames or []))]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows([*old_rows, *rows])
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

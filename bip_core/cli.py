@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_on_sigterm() -> None:
+    """Let SIGTERM end the process as Ctrl-C would, unwinding: temporary files (a streamed refit's, a half-written
+    export) are removed instead of left behind. Installed by `python -m bip_core`, not by `main` (a library call)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -19,8 +19,10 @@ per-layer loop of Wanda-sp's `prune_wanda_sp`):
 
 The result holds the plan with the chosen units (`meta["sequential"]`), the scores measured on
 the way (their mean inputs are the ones the bias was fitted on) and, for "refit", the refit
-columns and biases per layer, which `surgery.prune_model(..., refit=...)` writes into the pruned
-model.
+columns and biases per layer (bip_core.refit_store: in memory, or, when the model is streamed from
+a weight source, in temporary files written as each layer is fitted and removed by `close()`),
+which `surgery.prune_model(..., refit=...)` and `streamed_export.prune_and_export(..., refit=...)`
+write into the pruned model. Only one layer's input covariances (float32) exist at a time.
 """
 from __future__ import annotations
 
@@ -35,11 +37,16 @@ from .calibration import LayerStats, RunningMoments, layer_parts
 from .errors import PlanError
 from .plan import Plan
 from .refit import refit_linear
+from .refit_store import RefitFiles, RefitMemory
 from .surgery import COMPENSATED, compensation_bias, kept_indices
 
 COMPENSATIONS = ("none", "bias", "refit")
 REFIT_ALPHA = 1e-3  # ridge: alpha x the mean variance of the kept inputs (chosen on the valid split)
 COVARIANCE = {"o_proj": "o_input_covariance", "down_proj": "down_input_covariance"}
+FORWARD_METHODS = ("bip", "flap", "wanda-sp")
+# A dense (not sequential) refit keeps the plan's units: its pass runs the cheapest forward statistics, which carry
+# the means and covariances it needs (bip's probes would cost time and, on a 7B layer, about 2 GB for nothing).
+MOMENTS_METHOD = "wanda-sp"
 
 
 class InputMoments(LayerStats):
@@ -57,17 +64,36 @@ class InputMoments(LayerStats):
 
     def finish(self) -> dict:
         out = super().finish()
-        for name, moments in self.input_moments.items():
-            if moments.count:
-                out[COVARIANCE[name]] = moments.variance().double()
+        moments, self.input_moments = self.input_moments, {}  # the next layers' statistics must not keep them
+        for name, running in moments.items():
+            if running.count:
+                out[COVARIANCE[name]] = take_covariance(running)
         return out
+
+
+def take_covariance(moments: RunningMoments) -> torch.Tensor:
+    """The covariance `moments` gathered, made in place from its scatter matrix, which it gives up (one
+    [in, in] float32 matrix alive rather than two: 485 MB for a 7B down_proj)."""
+    scatter, moments.m2 = moments.m2, None
+    return scatter.cpu().div_(max(1, moments.count))
 
 
 @dataclass
 class Compressed:
     plan: Plan                       # the kept units and channels (chosen sequentially, or the given ones)
     scores: object                   # Scores measured on the way (mean inputs for bias compensation)
-    refit: list[dict] | None = None  # per layer {"o_proj": (weight [out, kept], bias), "down_proj": ...}
+    refit: RefitMemory | None = None  # per layer {"o_proj": (weight [out, kept], bias), "down_proj": ...}
+
+    def close(self) -> None:
+        """Let go of the refit tensors (and their temporary files)."""
+        if self.refit is not None:
+            self.refit.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def choose_kept(entry: dict, counts: tuple[int, int]) -> dict:
@@ -101,11 +127,12 @@ def mask_in_place(linear: torch.nn.Linear, columns: list[int], kept: torch.Tenso
 class Compressor:
     """The after_layer callback: choose, compensate and (sequentially) prune each layer as it is scored."""
 
-    def __init__(self, plan: Plan, sequential: bool, compensation: str, alpha: float):
+    def __init__(self, plan: Plan, sequential: bool, compensation: str, alpha: float,
+                 refit: RefitMemory | None = None):
         self.plan = Plan(unit=plan.unit, layers=copy.deepcopy(plan.layers), meta=dict(plan.meta))
         self.counts = list(zip(*plan.kept_counts()))
         self.sequential, self.compensation, self.alpha = sequential, compensation, alpha
-        self.refit: list[dict] = []
+        self.refit = refit  # where refit tensors go (compensation "refit")
 
     def __call__(self, i: int, layer: torch.nn.Module, entry: dict) -> bool:
         if self.sequential:
@@ -116,21 +143,25 @@ class Compressor:
             weight, bias = compensate(linear.weight.detach(), None if linear.bias is None else linear.bias.detach(),
                                       columns, entry, name, self.compensation, self.alpha)
             if self.compensation == "refit":
-                fitted[name] = (weight.cpu(), None if bias is None else bias.cpu())
+                fitted[name] = (weight, bias)
             if self.sequential:
                 mask_in_place(linear, columns, weight, bias)
+            entry.pop(COVARIANCE[name], None)  # let it go before the next solve
         if fitted:  # bias compensation is derived again from the scores' means when the model is pruned
-            self.refit.append(fitted)
+            self.refit.put(i, fitted)
         for key in COVARIANCE.values():
             entry.pop(key, None)  # far too large for a scores file
         return self.sequential  # a pruned layer's outputs are computed again for the next layer
 
 
 def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = True, compensation: str = "bias",
-                           alpha: float = REFIT_ALPHA, method: str | None = None, progress=None, **score_args):
+                           alpha: float = REFIT_ALPHA, method: str | None = None, progress=None,
+                           refit_on_disk: bool | None = None, **score_args) -> Compressed:
     """Score `model` layer by layer with the plan's method (or `method`), choosing (sequential) and
     compensating each layer on its way (see the module docstring). `score_args` go to `scoring.score`
-    (source, samples, seq_len, seed, weight_source, device, dtype, batch_size, the method's options)."""
+    (source, samples, seq_len, seed, weight_source, device, dtype, batch_size, the method's options).
+    refit_on_disk: keep refit tensors in temporary files (default: when a weight_source is given, i.e. the
+    model is streamed); close() the result to remove them."""
     from .scoring import score
 
     if compensation not in COMPENSATIONS:
@@ -140,27 +171,41 @@ def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = T
     if method in (None, "taylor", "magnitude", "random") and (sequential or compensation != "none"):
         raise PlanError(f"Sequential pruning and compensation rescore each layer on its inputs with a forward method "
                         f"(bip, flap, wanda-sp); this plan's method is {method!r}: pass method='wanda-sp' (or another).")
-    compressor = Compressor(plan, sequential, compensation, alpha)
-    scores = score(model, tokenizer, method, progress=progress, after_layer=compressor,
-                   stats_mixin=InputMoments if compensation == "refit" else None, **score_args)
+    on_disk = score_args.get("weight_source") is not None if refit_on_disk is None else refit_on_disk
+    store = (RefitFiles() if on_disk else RefitMemory()) if compensation == "refit" else None
+    compressor = Compressor(plan, sequential, compensation, alpha, store)
+    try:
+        scores = score(model, tokenizer, method, progress=progress, after_layer=compressor,
+                       stats_mixin=InputMoments if compensation == "refit" else None, **score_args)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     scores.meta.update({"sequential": sequential, "compensation": compensation})
     compressor.plan.meta.update({"sequential": sequential, "compensation": compensation,
                                  "refit_alpha": alpha if compensation == "refit" else None})
-    return Compressed(compressor.plan, scores, compressor.refit or None)
+    return Compressed(compressor.plan, scores, store)
 
 
 def compress_like(model, tokenizer, plan: Plan, scores, *, sequential: bool, compensation: str,
                   alpha: float = REFIT_ALPHA, progress=None, **placement) -> Compressed:
     """calibrate_and_compress with the method, options and calibration text that made `scores`; as given
-    (no pass) when neither sequential nor refit is asked. placement: weight_source, device, dtype, pipeline."""
+    (no pass) when neither sequential nor refit is asked. A dense refit runs MOMENTS_METHOD's statistics instead
+    of the method's (the same means and covariances, fewer sums) and returns `scores` as given. placement: weight_source, device, dtype, pipeline,
+    refit_on_disk."""
     if not sequential and compensation != "refit":
         return Compressed(plan, scores)
     meta = scores.meta
-    return calibrate_and_compress(model, tokenizer, plan, sequential=sequential, compensation=compensation, alpha=alpha,
-                                  method=meta.get("method"), source=meta.get("source", "wiki-bb"),
+    method, options = meta.get("method"), meta.get("options") or {}
+    dense_refit = not sequential and method in FORWARD_METHODS
+    if dense_refit:  # the pass needs only the inputs' means and covariances, not the method's statistics
+        method, options = MOMENTS_METHOD, {}
+    done = calibrate_and_compress(model, tokenizer, plan, sequential=sequential, compensation=compensation,
+                                  alpha=alpha, method=method, source=meta.get("source", "wiki-bb"),
                                   samples=meta.get("samples") or 64, seq_len=meta.get("seq_len") or 128,
                                   seed=meta.get("seed", 0), unit=plan.unit, progress=progress,
-                                  **{**placement, "pipeline": "layerwise"}, **(meta.get("options") or {}))
+                                  **{**placement, "pipeline": "layerwise"}, **options)
+    return Compressed(done.plan, scores, done.refit) if dense_refit else done
 
 
 __all__ = ["calibrate_and_compress", "compress_like", "Compressed", "COMPENSATIONS", "REFIT_ALPHA", "InputMoments", "choose_kept"]

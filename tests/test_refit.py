@@ -81,3 +81,45 @@ def test_refit_equals_a_lstsq_reference_on_real_activations(alpha):
         x.mean(0)[~torch.isin(torch.arange(x.shape[1]), kept)]
     dense = x @ w_full.T
     assert ((x[:, kept] @ w.T + b - dense) ** 2).mean() < ((compensated - dense) ** 2).mean()
+
+
+def _direct_refit(w: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, kept: torch.Tensor, alpha: float):
+    """The formula of the module docstring as written, on the whole covariance: the reference for the lean solve."""
+    cov_kk = cov[kept][:, kept]
+    lam = ridge(cov_kk, alpha)
+    lhs = cov_kk + lam * torch.eye(len(kept), dtype=torch.float64)
+    rhs = w @ cov[:, kept] + lam * w[:, kept]
+    new_w = torch.linalg.lstsq(lhs, rhs.T, driver="gelsd").solution.T
+    return new_w, w @ mean - new_w @ mean[kept]
+
+
+@pytest.mark.parametrize("tokens, alpha", [(400, 1e-3), (400, 0.0), (20, 0.0), (20, 1e-2)])
+def test_the_lean_solve_equals_the_direct_formula(tokens, alpha):
+    """Cholesky, and least squares where C[K, K] is singular (20 tokens, 48 kept inputs, alpha 0: the
+    minimum-norm solution, as the direct lstsq gives it); a float32 covariance where the problem is well posed
+    (singular and unregularised, float32 rounding decides the rank)."""
+    generator = torch.Generator().manual_seed(3)
+    w = torch.randn(16, 64, dtype=torch.float64, generator=generator)
+    x = torch.randn(tokens, 64, dtype=torch.float64, generator=generator) * torch.linspace(0.1, 3, 64) + 0.5
+    kept = torch.randperm(64, generator=generator)[:48].sort().values
+    mean, cov = _moments(x)
+    reference_w, reference_b = _direct_refit(w, mean, cov, kept, alpha)
+    scale = reference_w.abs().max()
+    if tokens > 64 or alpha > 0:
+        new_w, new_b = refit_linear(w, None, mean, cov.float(), kept, alpha=alpha)
+        assert torch.allclose(new_w, reference_w, atol=1e-4 * scale)
+        assert torch.allclose(new_b, reference_b, atol=1e-4 * scale)
+    exact_w, exact_b = refit_linear(w, None, mean, cov, kept, alpha=alpha)  # float64 statistics: to rounding
+    assert torch.allclose(exact_w, reference_w, atol=1e-8 * scale) and torch.allclose(exact_b, reference_b, atol=1e-8 * scale)
+
+
+def test_the_caller_s_tensors_are_left_alone_and_all_removed_keeps_the_mean():
+    generator = torch.Generator().manual_seed(4)
+    w, bias = torch.randn(8, 12, dtype=torch.float64, generator=generator), torch.randn(8, dtype=torch.float64)
+    x = torch.randn(100, 12, dtype=torch.float64, generator=generator)
+    mean, cov = _moments(x)
+    saved = w.clone(), bias.clone(), cov.clone()
+    refit_linear(w, bias, mean, cov, torch.arange(6), alpha=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip((w, bias, cov), saved))
+    empty_w, empty_b = refit_linear(w, bias, mean, cov, torch.arange(0), alpha=1e-3)
+    assert empty_w.shape == (8, 0) and torch.allclose(empty_b, bias + w @ mean)

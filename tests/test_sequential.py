@@ -123,3 +123,21 @@ def test_prune_cli_asks_for_scores_before_a_sequential_prune(model, tmp_path, ca
     code = cli_main(["prune", "--model", str(tmp_path / "never-loaded"), "--plan", str(tmp_path / "plan.json"),
                      "--out", str(tmp_path / "out")])
     assert code == 2 and "--scores is needed" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_dense_refit_pass_runs_only_cheap_statistics_and_fits_the_same(model, tokenizer):
+    """compress_like's dense refit skips the method's own statistics: same refit tensors as a pass with the
+    method itself (means and covariances do not depend on it), and the given scores back."""
+    from bip_core.sequential import compress_like
+
+    scores = score(model, tokenizer, "bip", **CALIBRATION)
+    plan = make_plan(scores, model, 0.4, "uniform")
+    light = compress_like(model, tokenizer, plan, scores, sequential=False, compensation="refit")
+    full = calibrate_and_compress(model, tokenizer, plan, sequential=False, compensation="refit",
+                                  **{**CALIBRATION, "batch_size": 8})  # compress_like's batches: the same sums
+    assert light.scores is scores and light.plan.layers == plan.layers
+    assert light.plan.meta["compensation"] == "refit"
+    for i in range(3):
+        for name in ("o_proj", "down_proj"):
+            for a, b in zip(light.refit[i][name], full.refit[i][name]):
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (i, name)

@@ -7,6 +7,8 @@ summary: params before/after, per-layer shapes, time.
 Two ways, same export: the model loaded whole, pruned in memory and exported; or streamed
 (`--streamed`, or when the model is loaded layer-wise because it does not fit): every tensor read from
 the model folder's safetensors, sliced and written out one at a time, never the whole model in memory.
+Streamed with `--compensation refit`, each layer's refit weights are written to temporary files as the
+calibration pass fits them (removed when the export is written, or fails).
 """
 from __future__ import annotations
 
@@ -90,48 +92,46 @@ def _check_scores(args, plan, scores) -> None:
                         "(or --no-sequential).")
 
 
-def _check_streamable(args, base: Base) -> None:
-    from ..errors import PlanError
-
-    if base.weights is not None and _compensation(args) == "refit":
-        raise PlanError("--compensation refit is not streamed yet: load the model whole (--pipeline whole, "
-                        "--dtype bfloat16 to halve its memory), or use --compensation bias.")
-
-
 def _compressed(args, base: Base, plan, scores):
-    """(plan, scores, refit) after the sequential / refit pass, or as given when neither is asked."""
+    """The Compressed (plan, scores, refit) after the sequential / refit pass, or as given when neither is
+    asked; streamed, its refit tensors are in temporary files until it is closed."""
     from ..sequential import REFIT_ALPHA, compress_like
 
-    compensation = _compensation(args)
     placement = {"weight_source": base.weights, "device": base.device, "dtype": base.dtype,
                  "pipeline": "layerwise"} if base.weights is not None else {}
-    done = compress_like(base.model, base.tokenizer, plan, scores, sequential=_sequential(args, plan),
-                         compensation=compensation, alpha=args.refit_alpha or REFIT_ALPHA, **placement)
-    return done.plan, done.scores, done.refit, compensation
+    return compress_like(base.model, base.tokenizer, plan, scores, sequential=_sequential(args, plan),
+                         compensation=_compensation(args), alpha=args.refit_alpha or REFIT_ALPHA, **placement)
 
 
 def _prune_and_export(args, base: Base, plan, scores, seconds: dict) -> tuple[Path, object]:
+    t = time.perf_counter()
+    with _compressed(args, base, plan, scores) as done:
+        seconds["calibrate"] = time.perf_counter() - t
+        return _write(args, base, done, seconds), done.plan
+
+
+def _write(args, base: Base, done, seconds: dict) -> Path:
+    """Prune with `done`'s plan and compensation and export; streamed when the model's weights stay on disk."""
     from ..export import export_model
     from ..streamed_export import prune_and_export
     from ..surgery import prune_model
 
-    t = time.perf_counter()
-    plan, scores, refit, compensation = _compressed(args, base, plan, scores)
-    seconds["calibrate"] = time.perf_counter() - t
+    compensation, plan, scores, refit = _compensation(args), done.plan, done.scores, done.refit
     provenance = {"base_model": base.spec, "bias_compensation": compensation == "bias",
                   "compensation": compensation, "sequential": bool(plan.meta.get("sequential"))}
     t = time.perf_counter()
     if base.weights is not None:
         folder = prune_and_export(base.weights, base.model.config, base.tokenizer, plan, args.out,
-                                  bias_compensation=compensation == "bias", scores=scores, provenance=provenance)
+                                  bias_compensation=compensation == "bias", scores=scores, provenance=provenance,
+                                  refit=refit)
         seconds["prune"], seconds["export"] = 0.0, time.perf_counter() - t  # pruned while written
-        return folder, plan
+        return folder
     pruned = prune_model(base.model, plan, bias_compensation=compensation == "bias", scores=scores, refit=refit)
     seconds["prune"] = time.perf_counter() - t
     t = time.perf_counter()
     folder = export_model(pruned, base.tokenizer, plan, args.out, provenance=provenance)
     seconds["export"] = time.perf_counter() - t
-    return folder, plan
+    return folder
 
 
 def run(args) -> int:
@@ -154,7 +154,6 @@ def run(args) -> int:
     if plan is None:
         plan = plan_from_args(args, scores, base.model)
     seconds["plan"] = time.perf_counter() - t
-    _check_streamable(args, base)
     folder, plan = _prune_and_export(args, base, plan, scores, seconds)
     seconds["total"] = time.perf_counter() - start
 
