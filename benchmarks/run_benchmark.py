@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from bip_core.errors import PlanError  # noqa: E402
 from bip_core.loading import load_model  # noqa: E402
 from bip_core.plan import make_plan  # noqa: E402
+from bip_core.practice import PRACTICE  # noqa: E402
 from bip_core.scoring import score  # noqa: E402
 from bip_core.sequential import REFIT_ALPHA  # noqa: E402
 from bip_core.speed import compare, measure_speed  # noqa: E402
@@ -64,13 +65,10 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 CALIBRATION = dict(source="wiki-bb", samples=64, seq_len=128, seed=0)
 
 # LLM-BIP's default practice; the flags --bip-compensation and --(no-)bip-sequential override it.
-BIP_COMPENSATION = "bias"
-BIP_SEQUENTIAL = False
-# The baselines as their authors' code runs them: FLAP compensates with the mean (compress(..., bias=True));
-# Wanda-sp (FLAP's prune_wanda_sp) prunes layer by layer with bias=False; LLM-Pruner (taylor, and its
-# magnitude and random baselines) prunes in one pass and compensates nothing.
-OWN_COMPENSATION = {"flap": "bias", "wanda-sp": "none", "taylor": "none", "magnitude": "none", "random": "none"}
-OWN_SEQUENTIAL = {"flap": False, "wanda-sp": True, "taylor": False, "magnitude": False, "random": False}
+BIP_COMPENSATION, BIP_SEQUENTIAL = PRACTICE["bip"]  # refit, sequential: chosen on valid (benchmarks/compensation.py)
+# The baselines as their authors' code runs them (bip_core.practice.PRACTICE): FLAP compensates with the mean
+# (compress(..., bias=True)); Wanda-sp (FLAP's prune_wanda_sp) prunes layer by layer with bias=False; LLM-Pruner
+# (taylor, and its magnitude and random baselines) prunes in one pass and compensates nothing.
 
 # "global" is each method's own cross-layer ranking: LLM-BIP ranks block-output energies (global-energy),
 # FLAP standardises per layer as its paper does (global-std); the others rank score / block output scale
@@ -121,7 +119,7 @@ def practice(method: str, args) -> tuple[str, bool]:
     """(compensation, sequential) of `method`: LLM-BIP's from the flags, the baselines' their authors'."""
     if method == "bip":
         return args.bip_compensation, args.bip_sequential
-    return OWN_COMPENSATION.get(method, "none"), OWN_SEQUENTIAL.get(method, False)
+    return PRACTICE.get(method, ("none", False))
 
 
 def candidates(method: str) -> list[str]:
