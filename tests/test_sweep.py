@@ -41,7 +41,8 @@ def test_sweep_scores_once_per_method_and_writes_table_and_chart(tokenizer, text
     out = tmp_path / "sweep" / "results.csv"
     table = sweep(model, tokenizer, methods=["magnitude", "bip:lipschitz=zero"], ratios=[0.25, 0.5],
                   allocations=["uniform", "global"], data=text_source, samples=4, seq_len=16,
-                  ppl_source=text_source, ppl_split="test", windows=3, ppl_seq_len=32, out=out)
+                  ppl_source=text_source, ppl_split="test", windows=3, ppl_seq_len=32, out=out,
+                  compensation="none", sequential=False)  # refit and sequential rows score once more per plan
     assert calls == ["magnitude", "bip"]  # scored once per method
     assert len(table) == 1 + 2 * 2 * 2
     saved = pd.read_csv(out)
@@ -155,3 +156,21 @@ def test_sweep_refuses_an_unknown_compensation(tokenizer, text_source):
     with pytest.raises(BipError, match="compensation must be"):
         sweep(model, tokenizer, methods=["bip"], ratios=[0.4], data=text_source, samples=4, seq_len=16,
               compensation="mean", dense=False, ppl_source=text_source, ppl_split="test", windows=2)
+
+
+def test_auto_is_each_methods_practice(tokenizer, text_source):
+    """'auto' compensation and sequential: LLM-BIP refit layer by layer (chosen on valid), FLAP bias in one pass,
+    Wanda-sp layer by layer without compensation, magnitude neither; an uncentred LLM-BIP score no compensation."""
+    from bip_core.scoring import score
+    from bip_core.sweep import resolve_compensation, resolve_sequential
+
+    model = random_model(tiny_config("llama"), seed=0)
+    calibration = {"source": text_source, "samples": 2, "seq_len": 16}
+    expected = {"bip": ("refit", True), "flap": ("bias", False), "wanda-sp": ("none", True),
+                "magnitude": ("none", False)}
+    for method, practice in expected.items():
+        scores = score(model, tokenizer, method, **calibration)
+        assert (resolve_compensation("auto", scores), resolve_sequential("auto", scores)) == practice, method
+        assert (resolve_compensation("off", scores), resolve_sequential(False, scores)) == ("none", False)
+    uncentred = score(model, tokenizer, "bip", aggregation="mean_abs", **calibration)
+    assert resolve_compensation("auto", uncentred) == "none"
