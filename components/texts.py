@@ -46,8 +46,8 @@ SCORE = """\
 
 The default *channel aggregation* is the **centred** variant (std of `m`, and of `delta`): the change
 that remains once bias compensation puts each removed unit's mean output back. It did best on the
-validation text, and Prune chooses bias compensation for such scores. Options switches to the plain
-mean |m| (exact change without compensation).
+validation text, and Prune compensates for such scores (LLM-BIP: refit, layer by layer). Options
+switches to the plain mean |m| (exact change without compensation).
 
 Higher score = more important = kept. Colours are log10 of the score: a dark cell matters little.
 """
@@ -113,15 +113,19 @@ out of a copy of the model: the original is never modified.
 - *none*: the kept columns as they are.
 - *bias* (FLAP): adds `W[:, removed] x mean input` as a bias, so removed units still give their
   average output. Free (the means come from scoring); it matters most at high ratios. Centred scores
-  (FLAP, LLM-BIP's default) measure the change left after it, so Prune chooses it for them.
+  (FLAP, LLM-BIP's default) measure the change left after it; Prune chooses it for FLAP, its own.
 - *refit*: ridge least squares refits the kept columns (and the bias) so that each layer's output on
   the calibration inputs stays as close as possible to the dense layer's:
   `W_K = W C[:, K] (C[K, K] + lambda I)^-1`, C the inputs' covariance, lambda = 1e-3 x their mean
   variance. It helps when the calibration has many more tokens than a layer keeps inputs (64 x 128 =
   8192 tokens against up to 1536 MLP channels on the default model); with few tokens it fits the
   calibration text, not the language, and can do worse than bias: score with more samples first.
+  Prune chooses it, with *Sequential*, for LLM-BIP: on the validation text it beat bias on every
+  calibration seed (40.1 vs 44.2 at 0.2, 123 vs 175 at 0.5), and it helps FLAP as much (191 vs 550
+  at 0.5).
 
-**Sequential** is Wanda-sp's original practice (on by default for its scores): the plan still fixes
+**Sequential** is Wanda-sp's original practice (on by default for its scores, and for LLM-BIP's with
+refit): the plan still fixes
 how many units each layer keeps, but each layer chooses *which* on the outputs of the layers before
 it *after* they were pruned, and its compensation is fitted on those outputs too. It works for every
 forward method (LLM-BIP, FLAP, Wanda-sp); Taylor, magnitude and random have no forward pass to repeat.
