@@ -146,11 +146,9 @@ class Compressor:
                 fitted[name] = (weight, bias)
             if self.sequential:
                 mask_in_place(linear, columns, weight, bias)
-            entry.pop(COVARIANCE[name], None)  # let it go before the next solve
+            entry.pop(COVARIANCE[name], None)  # let it go before the next solve (and far too large for a scores file)
         if fitted:  # bias compensation is derived again from the scores' means when the model is pruned
             self.refit.put(i, fitted)
-        for key in COVARIANCE.values():
-            entry.pop(key, None)  # far too large for a scores file
         return self.sequential  # a pruned layer's outputs are computed again for the next layer
 
 

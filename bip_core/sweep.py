@@ -154,10 +154,10 @@ def _prune_and_evaluate(run: _Run, scores, row: dict) -> None:
     try:
         t0 = time.perf_counter()
         plan = make_plan(scores, run.model, row["ratio"], allocation=row["allocation"])
-        done = compress_like(run.model, run.tokenizer, plan, scores, sequential=row["sequential"],
-                             compensation=row["compensation"], alpha=row["refit_alpha"], **run.score_options)
-        pruned = prune_model(run.model, done.plan, bias_compensation=row["compensation"] == "bias", scores=done.scores,
-                             refit=done.refit)
+        with compress_like(run.model, run.tokenizer, plan, scores, sequential=row["sequential"],
+                           compensation=row["compensation"], alpha=row["refit_alpha"], **run.score_options) as done:
+            pruned = prune_model(run.model, done.plan, bias_compensation=row["compensation"] == "bias",
+                                 scores=done.scores, refit=done.refit)
         row["prune_seconds"] = time.perf_counter() - t0
     except PlanError as err:
         run.record({**row, "error": str(err)})
