@@ -26,11 +26,15 @@ wiki-bb train (64 x 128 tokens, seed 0), then pruned physically at the asked att
 Zero-shot accuracy (lm-eval, BIG-bench tasks, the first N questions of each) and speed (the MACs ratio
 and prefill/decode speed-ups over the dense model) are measured for the (b) rows and the dense row only.
 
-In parts (the baselines now, LLM-BIP later):
-    run_benchmark.py --methods flap,wanda-sp,taylor,magnitude,random --out results/benchmark_baselines.csv
-    run_benchmark.py --methods bip --no-dense --compare-with results/benchmark_baselines.csv \\
+In parts (each one process with --threads 1; the baselines in two processes side by side, LLM-BIP
+after them, since its (c) rows need their (a) rows):
+    run_benchmark.py --methods flap,wanda-sp --out results/benchmark_baselines.csv
+    run_benchmark.py --methods taylor,magnitude,random --no-dense --out results/benchmark_pruner.csv
+    run_benchmark.py --methods bip --no-dense --compare-with results/benchmark_baselines.csv,results/benchmark_pruner.csv \\
                      --out results/benchmark_bip.csv
-    run_benchmark.py --combine results/benchmark_baselines.csv,results/benchmark_bip.csv --update-readme
+    run_benchmark.py --combine results/benchmark_baselines.csv,results/benchmark_pruner.csv,results/benchmark_bip.csv \\
+                     --update-readme
+--resume continues an interrupted part from the rows already in its --out files.
 --combine concatenates the parts (and their _allocation_choice.csv files) into --out, writes the chart
 (results/benchmark.html, PPL vs removed fraction) and, with --update-readme, the table in README.md.
 Settings are chosen on the valid split, never on this test split.
@@ -153,6 +157,12 @@ class Benchmark:
         self.choice_out = choice_path(self.out)
         self.protocol = {"zeroshot_limit": args.zeroshot_limit, "valid_windows": args.valid_windows,
                          "threads": torch.get_num_threads(), "torch": torch.__version__}
+        if args.resume:  # rows and valid candidates already measured by an interrupted run of this part
+            self.rows, self.choices = records(self.out), records(self.choice_out)
+
+    def done(self, **fields) -> dict | None:
+        """The row of this run (or of the run it resumes) whose fields equal `fields`."""
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in fields.items())), None)
 
     def _run(self, evaluation, extras) -> _Run:
         run = _Run(self.model, self.tokenizer, evaluation, None, extras, self.progress, 0)
@@ -192,6 +202,8 @@ class Benchmark:
         return row
 
     def dense(self) -> None:
+        if self.done(view="dense") is not None:
+            return
         _dense_row(self.test_extras)
         self.add({**self.test_extras.rows[-1], "view": "dense", "ratio_group": 0.0})
         _dense_row(self.valid)
@@ -209,6 +221,10 @@ class Benchmark:
         """The candidate allocation with the lowest valid PPL at `ratio` among those that remove at least
         ratio - UNDERSHOOT (every candidate recorded, with its valid PPL)."""
         common, seen, eligible = self.common(method, scores), {}, {}
+        measured = {c["allocation"]: c for c in self.choices  # by a resumed run
+                    if c.get("method") == method and c.get("ratio") == ratio and not isinstance(c.get("same_plan_as"), str)
+                    and c.get("ppl") is not None and np.isfinite(c["ppl"])}
+        self.choices = [c for c in self.choices if not (c.get("method") == method and c.get("ratio") == ratio)]
         for allocation in candidates(method):
             entry = {"method": method, "ratio": ratio, "allocation": allocation}
             try:
@@ -223,7 +239,8 @@ class Benchmark:
                                      "same_plan_as": self.choices[seen[key]]["allocation"]})
                 self.save()
                 continue
-            row = self.evaluate(self.valid, scores, {**common, "allocation": allocation, "ratio": ratio})
+            row = measured.get(allocation) or self.evaluate(self.valid, scores,
+                                                            {**common, "allocation": allocation, "ratio": ratio})
             seen[key] = len(self.choices)
             removed = row.get("removed_attention_mlp")
             ok = removed is not None and removed >= ratio - UNDERSHOOT
@@ -242,12 +259,18 @@ class Benchmark:
 
     def own_rule(self, method: str, scores, ratio: float) -> dict:
         """(a): the method's `paper` allocation under its own practice, on test."""
+        done = self.done(view="a", method=method, ratio=ratio)
+        if done is not None:
+            return done
         row = self.evaluate(self.test, scores, {**self.common(method, scores), "allocation": "paper", "ratio": ratio},
                             view="a", ratio_group=ratio)
         return self.add(row)
 
     def best_allocation(self, method: str, scores, ratio: float, allocation: str) -> dict:
         """(b): the allocation chosen on valid, at the asked ratio, on test with zero-shot and speed."""
+        done = self.done(view="b", method=method, ratio=ratio, allocation=allocation)
+        if done is not None:
+            return done
         valid_ppl = next(c.get("ppl") for c in self.choices
                          if c.get("method") == method and c.get("ratio") == ratio and c["allocation"] == allocation)
         row = self.evaluate(self.test_extras, scores, {**self.common(method, scores), "allocation": allocation,
@@ -261,8 +284,9 @@ class Benchmark:
         fraction = float(other["removed_attention_mlp"])
         labels = {"view": "c", "ratio_group": float(other["ratio"]), "chosen_on": self.chosen_on,
                   "compared_with": f"{other['method']} ({other['view']}) {other['allocation']} at {float(other['ratio']):g}"}
-        done = next((r for r in self.rows if r.get("view") == "c" and r["allocation"] == allocation
-                     and r["ratio"] == fraction), None)
+        if self.done(view="c", allocation=allocation, compared_with=labels["compared_with"]) is not None:
+            return self.done(view="c", allocation=allocation, compared_with=labels["compared_with"])
+        done = self.done(view="c", allocation=allocation, ratio=fraction)
         if done is not None:
             return self.add({**done, **labels})
         row = self.evaluate(self.test, scores, {**self.common("bip", scores), "allocation": allocation,
@@ -272,6 +296,15 @@ class Benchmark:
 
 def choice_path(out: Path) -> Path:
     return out.with_name(out.stem + "_allocation_choice.csv")
+
+
+def records(path: Path) -> list[dict]:
+    """The rows of a CSV this script wrote (none when it does not exist), empty cells as None."""
+    if not path.exists():
+        return []
+    table = pd.read_csv(path)
+    return [{k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in r.items()}
+            for r in table.to_dict("records")]
 
 
 def choice_fields(row: dict) -> dict:
@@ -437,6 +470,9 @@ def main() -> int:
     parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense row (when running in parts)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows and valid candidates already in --out (and its _allocation_choice.csv) "
+                             "and measure only what is missing (same settings as the interrupted run)")
     parser.add_argument("--combine", default=None,
                         help="comma-separated CSVs of parts run separately: concatenate them into --out (no runs)")
     args = parser.parse_args()
