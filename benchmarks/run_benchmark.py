@@ -431,7 +431,11 @@ def update_readme(table: pd.DataFrame, command: str, settings: str) -> None:
         raise SystemExit(f"README.md has no {README_START} marker")
     legend = ("Views: (a) each method's own published rule as its original code runs it, at the fraction it "
               "really removes; (b) each method's best allocation at the asked ratio, chosen on the valid split; "
-              "(c) LLM-BIP at exactly the fraction each (a) row removed.")
+              "(c) LLM-BIP, with the allocation it chose on valid at that asked ratio, at exactly the fraction "
+              "each other method's (a) row removed (and each (b) row that missed the asked ratio). Each method "
+              "prunes as its authors' code does (FLAP: bias compensation; Wanda-sp: sequential; LLM-Pruner's "
+              "Taylor, magnitude and random: one pass, no compensation), LLM-BIP with its default, sequential "
+              "refit (bip_core/practice.py).")
     body = (f"{README_START}\nMade on {datetime.date.today().isoformat()} by `{command}` ({settings}).\n{legend}\n\n"
             f"{markdown_table(table)}\n{README_END}")
     head, rest = text.split(README_START, 1)
