@@ -11,8 +11,16 @@ import json
 import sys
 from pathlib import Path
 
+from ..plan import ALLOCATIONS
+from ..practice import PRACTICE
 from .common import (WHOLE_ONLY, add_device_arguments, add_model_argument, load_kwargs, print_json,
                      score_kwargs)
+
+
+def _practice_text() -> str:
+    """'bip refit + sequential, flap bias, ...': bip_core.practice's table as the help shows it."""
+    return ", ".join(f"{method} {compensation}{' + sequential' if sequential else ''}"
+                     for method, (compensation, sequential) in PRACTICE.items())
 
 
 def _floats(text: str) -> list[float]:
@@ -34,7 +42,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ratios", type=_floats, default=[0.2, 0.5],
                         help="fractions of attention+MLP parameters to remove (default 0.2,0.5)")
     parser.add_argument("--allocations", type=_names, default=["uniform"],
-                        help="comma-separated: uniform, global, global-std (default uniform)")
+                        help=f"comma-separated, of {', '.join(a for a in ALLOCATIONS if a != 'manual')} (default uniform)")
     parser.add_argument("--data", default="wiki-bb", help=f"calibration text: {', '.join(describe_sources())}")
     parser.add_argument("--samples", type=int, default=64, help="calibration windows (default 64)")
     parser.add_argument("--seq-len", type=int, default=128, help="calibration tokens per window (default 128)")
@@ -45,14 +53,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--windows", type=int, default=None, help="perplexity windows (default all)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--compensation", choices=("auto", "none", "bias", "refit"), default=None,
-                        help="auto (default): bias for centred scores (flap, bip with aggregation=std), else none; "
-                             "bias: FLAP's mean; refit: ridge least squares of the kept o_proj/down_proj columns "
-                             "(one more calibration pass per plan)")
+                        help=f"auto (default): each method's own practice ({_practice_text()}; none for the "
+                             "rest and for uncentred scores); bias: FLAP's mean; refit: ridge least squares of the "
+                             "kept o_proj/down_proj columns (one more calibration pass per plan)")
     parser.add_argument("--bias-compensation", choices=("auto", "on", "off"), default=None,
                         help="the older spelling: on = --compensation bias, off = none")
     parser.add_argument("--sequential", choices=("auto", "on", "off"), default="auto",
-                        help="choose each layer's units on the already-pruned layers' outputs (auto: on for wanda-sp, "
-                             "as in its original); one more calibration pass per plan")
+                        help="choose each layer's units on the already-pruned layers' outputs (auto: the method's "
+                             f"practice, on for {', '.join(m for m, (_, seq) in PRACTICE.items() if seq)}); one more "
+                             "calibration pass per plan")
     parser.add_argument("--refit-alpha", type=float, default=None,
                         help="refit's ridge, relative to the kept inputs' mean variance (default 1e-3)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense model's row")
