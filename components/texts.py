@@ -39,7 +39,7 @@ SCORE = """\
 - **Attention unit**: removing it changes the residual by `delta` (its heads' share of `o_proj`),
   and the MLP after it carries that change into the block output. LLM-BIP bounds this with the
   MLP's Lipschitz constant, `(1 + L) * mean||delta||`; by default the score uses the MLP's
-  **measured gain along the unit's own change** instead (on 128 calibration tokens), so it is the
+  **measured gain along the unit's own change** instead (on one calibration token in 64, at most 128), so it is the
   measured block-output change of removing the unit. It pruned better on the validation text than
   the bound (loose, and by a different factor in every block) and than `delta` alone.
   Options -> *Lipschitz factor* switches between the three.
