@@ -21,6 +21,7 @@ from bip_core.surgery import prune_model
 from bip_core.tiny_configs import tiny_config
 from bip_core.weights import INDEX_FILE, TensorEntry, open_weights, write_sharded
 from fake_scores import fake_scores
+from failing_weights import FailingWeights
 
 VOCAB = 1000
 IDS = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
@@ -105,23 +106,6 @@ def test_tied_embeddings_write_no_lm_head(tmp_path):
 
 # ---- refusals and atomic writes ------------------------------------------------------------------------
 
-class FailingWeights:
-    """A folder's weights that fail (disk error) when the second decoder layer is read."""
-
-    def __init__(self, folder):
-        self.inner = open_weights(folder)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __contains__(self, name):
-        return name in self.inner
-
-    def get(self, name, device=None, dtype=None):
-        if name.startswith("model.layers.1."):
-            raise OSError("read error")
-        return self.inner.get(name, device, dtype)
-
 
 def test_a_failure_mid_write_leaves_no_folder_and_no_temporary_files(tmp_path):
     model, base = saved_base(tmp_path, tiny_config("llama", gqa=True, layers=3, vocab=VOCAB))
@@ -129,7 +113,8 @@ def test_a_failure_mid_write_leaves_no_folder_and_no_temporary_files(tmp_path):
     out = tmp_path / "exports"
     out.mkdir()
     with pytest.raises(OSError, match="read error"):
-        prune_and_export(FailingWeights(base), model.config, None, plan, out / "pruned", max_shard_bytes=32 * 1024)
+        prune_and_export(FailingWeights(open_weights(base), layer=1), model.config, None, plan, out / "pruned",
+                         max_shard_bytes=32 * 1024)
     assert list(out.iterdir()) == []
 
 

@@ -19,6 +19,7 @@ from bip_core.streamed_export import prune_and_export
 from bip_core.surgery import prune_model
 from bip_core.tiny_configs import tiny_config
 from bip_core.weights import open_weights
+from failing_weights import FailingWeights
 
 CALIBRATION = dict(source="wiki-bb", samples=8, seq_len=32, seed=0, batch_size=4)  # two batches: moments merge
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -78,24 +79,6 @@ def test_streamed_refit_export_equals_the_in_memory_refit_export(saved, tmp_path
     assert pruned.config.bip_layer_shapes[0]["o_proj_bias"] and pruned.config.bip_bias_compensation
 
 
-class FailingWeights:
-    """A folder's weights that fail (disk error) when the third decoder layer is read."""
-
-    def __init__(self, weights):
-        self.inner = weights
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __contains__(self, name):
-        return name in self.inner
-
-    def get(self, name, device=None, dtype=None):
-        if name.startswith("model.layers.2."):
-            raise OSError("read error")
-        return self.inner.get(name, device, dtype)
-
-
 def test_a_failed_calibration_pass_leaves_no_temporary_files(saved, tmp_path, tokenizer, monkeypatch):
     _, folder, _, plan = saved
     spill_root = tmp_path / "tmp"
@@ -104,7 +87,7 @@ def test_a_failed_calibration_pass_leaves_no_temporary_files(saved, tmp_path, to
     base = load_model(str(folder), pipeline="layerwise", device="cpu", dtype="float32")
     with pytest.raises(OSError, match="read error"):
         calibrate_and_compress(base.model, tokenizer, plan, sequential=False, compensation="refit",
-                               weight_source=FailingWeights(base.weights), device="cpu", dtype=torch.float32,
+                               weight_source=FailingWeights(base.weights, layer=2), device="cpu", dtype=torch.float32,
                                **CALIBRATION)
     assert list(spill_root.iterdir()) == []
 
