@@ -38,12 +38,13 @@ from .errors import PlanError
 from .plan import Plan
 from .refit import refit_linear
 from .refit_store import RefitFiles, RefitMemory
+from .scoring import METRICS
 from .surgery import COMPENSATED, compensation_bias, kept_indices
 
 COMPENSATIONS = ("none", "bias", "refit")
 REFIT_ALPHA = 1e-3  # ridge: alpha x the mean variance of the kept inputs (chosen on the valid split)
 COVARIANCE = {"o_proj": "o_input_covariance", "down_proj": "down_input_covariance"}
-FORWARD_METHODS = ("bip", "flap", "wanda-sp")
+FORWARD_METHODS = tuple(name for name, metric in METRICS.items() if metric.PASS == "forward")  # one pass to repeat
 # A dense (not sequential) refit keeps the plan's units: its pass runs the cheapest forward statistics, which carry
 # the means and covariances it needs (bip's probes would cost time and, on a 7B layer, about 2 GB for nothing).
 MOMENTS_METHOD = "wanda-sp"
@@ -166,9 +167,11 @@ def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = T
         raise PlanError(f"Unknown compensation '{compensation}'; choose one of {', '.join(COMPENSATIONS)}.")
     plan.check_matches(model)
     method = method or plan.meta.get("method")
-    if method in (None, "taylor", "magnitude", "random") and (sequential or compensation != "none"):
+    without_forward = method is None or (method in METRICS and method not in FORWARD_METHODS)
+    if without_forward and (sequential or compensation != "none"):
         raise PlanError(f"Sequential pruning and compensation rescore each layer on its inputs with a forward method "
-                        f"(bip, flap, wanda-sp); this plan's method is {method!r}: pass method='wanda-sp' (or another).")
+                        f"({', '.join(FORWARD_METHODS)}); this plan's method is {method!r}: pass method='wanda-sp' "
+                        "(or another).")
     on_disk = score_args.get("weight_source") is not None if refit_on_disk is None else refit_on_disk
     store = (RefitFiles() if on_disk else RefitMemory()) if compensation == "refit" else None
     compressor = Compressor(plan, sequential, compensation, alpha, store)
@@ -185,13 +188,24 @@ def calibrate_and_compress(model, tokenizer, plan: Plan, *, sequential: bool = T
     return Compressed(compressor.plan, scores, store)
 
 
+def compensation_record(compensation: str, sequential: bool) -> dict:
+    """How a pruned model was compensated, as exports, summaries and sweep rows record it (bias_compensation:
+    the older boolean field)."""
+    return {"compensation": compensation, "bias_compensation": compensation == "bias", "sequential": bool(sequential)}
+
+
+def needs_pass(compensation: str, sequential: bool) -> bool:
+    """Whether pruning with these settings runs a calibration pass first (bias and none need none)."""
+    return sequential or compensation == "refit"
+
+
 def compress_like(model, tokenizer, plan: Plan, scores, *, sequential: bool, compensation: str,
                   alpha: float = REFIT_ALPHA, progress=None, **placement) -> Compressed:
     """calibrate_and_compress with the method, options and calibration text that made `scores`; as given
     (no pass) when neither sequential nor refit is asked. A dense refit runs MOMENTS_METHOD's statistics instead
     of the method's (the same means and covariances, fewer sums) and returns `scores` as given. placement: weight_source, device, dtype, pipeline,
     refit_on_disk."""
-    if not sequential and compensation != "refit":
+    if not needs_pass(compensation, sequential):
         return Compressed(plan, scores)
     meta = scores.meta
     method, options = meta.get("method"), meta.get("options") or {}
@@ -206,4 +220,4 @@ def compress_like(model, tokenizer, plan: Plan, scores, *, sequential: bool, com
     return Compressed(done.plan, scores, done.refit) if dense_refit else done
 
 
-__all__ = ["calibrate_and_compress", "compress_like", "Compressed", "COMPENSATIONS", "REFIT_ALPHA", "InputMoments", "choose_kept"]
+__all__ = ["calibrate_and_compress", "compress_like", "needs_pass", "compensation_record", "Compressed", "COMPENSATIONS", "REFIT_ALPHA", "InputMoments", "choose_kept"]

@@ -185,7 +185,7 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
     and its entries become extra columns (e.g. zero-shot accuracy, speed-ups). score_options go to every
     `score()` call as they are (e.g. the placement of the layer-wise pipeline)."""
     from .scoring import score
-    from .sequential import REFIT_ALPHA
+    from .sequential import REFIT_ALPHA, compensation_record
 
     methods = [methods] if isinstance(methods, str) else list(methods)
     ratios = [float(r) for r in ratios]
@@ -210,8 +210,8 @@ def sweep(model, tokenizer, methods, ratios, allocations=("uniform",), data: str
         run.tick(f"scored {spec}")
         chosen = resolve_compensation(compensation, scores)
         common = {"method": spec, "score_seconds": scores.meta.get("seconds"), "unit": scores.meta.get("unit"),
-                  "score_peak_memory_bytes": scores.meta.get("peak_memory_bytes"), "compensation": chosen,
-                  "bias_compensation": chosen == "bias", "sequential": resolve_sequential(sequential, scores),
+                  "score_peak_memory_bytes": scores.meta.get("peak_memory_bytes"),
+                  **compensation_record(chosen, resolve_sequential(sequential, scores)),
                   "refit_alpha": (refit_alpha or REFIT_ALPHA) if chosen == "refit" else None, **calibration}
         for allocation in allocations:
             for ratio in ratios:

@@ -4,7 +4,7 @@ import gradio as gr
 
 from bip_core.practice import default_practice
 from bip_core.scores import has_mean_inputs, recommends_compensation
-from bip_core.sequential import COMPENSATIONS
+from bip_core.sequential import COMPENSATIONS, needs_pass
 
 CHOICES = [("none", "none"), ("bias (FLAP's mean)", "bias"), ("refit (least squares)", "refit")]
 NAMES = {"none": "no compensation", "bias": "bias comp.", "refit": "refit"}
@@ -70,7 +70,7 @@ def check(scores, compensation: str, sequential: bool) -> None:
     if recalibrates(scores):
         return
     method = scores.meta.get("method")
-    if sequential or compensation == "refit":
+    if needs_pass(compensation, sequential):
         raise gr.Error(f"Refit and sequential pruning measure each layer again with the scores' method; {method} "
                        "scores have no forward pass to repeat. Score with LLM-BIP, FLAP or Wanda-sp, or choose "
                        "compensation none without sequential.", print_exception=False)
@@ -78,11 +78,6 @@ def check(scores, compensation: str, sequential: bool) -> None:
         raise gr.Error(f"Bias compensation needs the mean inputs a forward pass records; {method} scores have "
                        "none. Score with LLM-BIP, FLAP or Wanda-sp, or choose compensation none.",
                        print_exception=False)
-
-
-def needs_pass(compensation: str, sequential: bool) -> bool:
-    """Whether Prune runs a calibration pass first (compress_like does only for these)."""
-    return sequential or compensation == "refit"
 
 
 def describe(compensation: str, sequential: bool) -> str:

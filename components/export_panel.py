@@ -11,6 +11,7 @@ import gradio as gr
 from bip_core.default_model import DEFAULT_NAME
 from bip_core.export import export_model
 from bip_core.formatting import format_params
+from bip_core.sequential import compensation_record
 
 from . import texts
 from .context import attach
@@ -52,8 +53,7 @@ def provenance(session) -> dict:
     """What the export records of how it was made: as the CLI's prune, plus the app's scores label."""
     s = session.pruned_summary or {}
     compensation = s.get("compensation", "none")
-    return {"base_model": session.loaded.spec, "bias_compensation": compensation == "bias",
-            "compensation": compensation, "sequential": bool(s.get("sequential")),
+    return {"base_model": session.loaded.spec, **compensation_record(compensation, s.get("sequential")),
             "scores": session.pruned_plan.meta.get("method"), "scores_label": s.get("scores_label"),
             "exported_by": "BIP Studio app"}
 

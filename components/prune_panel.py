@@ -6,7 +6,7 @@ import gradio as gr
 
 from bip_core.architecture import count_params, model_geometry
 from bip_core.formatting import format_params
-from bip_core.sequential import REFIT_ALPHA, compress_like
+from bip_core.sequential import REFIT_ALPHA, compensation_record, compress_like, needs_pass
 from bip_core.surgery import prune_model
 
 from . import compensation as compensation_controls
@@ -89,7 +89,7 @@ def _calibrate(session, loaded, plan, scores, compensation: str, sequential: boo
     def report(done, total, desc=None):
         progress(done / max(total, 1), desc=f"Calibration pass ({desc or 'layer by layer'}): step {done} of {total}")
 
-    if compensation_controls.needs_pass(compensation, sequential):
+    if needs_pass(compensation, sequential):
         progress(0, desc="Calibration pass: preparing calibration text ...")
     return compress_like(loaded.model, loaded.tokenizer, plan, scores, sequential=sequential,
                          compensation=compensation, alpha=REFIT_ALPHA, progress=cancellable(session, report))
@@ -99,7 +99,7 @@ def _prune(session, loaded, plan, scores, compensation: str, sequential: bool, p
     """(pruned model, the plan it applies, surgery seconds, calibration seconds or None when no pass ran)."""
     t0 = time.perf_counter()
     done = _calibrate(session, loaded, plan, scores, compensation, sequential, progress)
-    calibration = time.perf_counter() - t0 if compensation_controls.needs_pass(compensation, sequential) else None
+    calibration = time.perf_counter() - t0 if needs_pass(compensation, sequential) else None
     progress(0.95, desc="Slicing heads and channels ...")
     t0 = time.perf_counter()
     pruned = prune_model(loaded.model, done.plan, bias_compensation=compensation == "bias", scores=done.scores,
@@ -120,8 +120,7 @@ def _record(session, pruned, plan, compensation: str, sequential: bool, seconds:
     session.pruned_summary = {**{k: v for k, v in s.items() if k != "layers"}, "label": session.pruned_label,
                               "params_after_plan": s["params_after"], "params_after": after["params"],
                               "attention_mlp_after": after["attention_mlp"],
-                              "bias_compensation": compensation == "bias", "compensation": compensation,
-                              "sequential": bool(sequential),
+                              **compensation_record(compensation, sequential),
                               "refit_alpha": REFIT_ALPHA if compensation == "refit" else None,
                               "seconds": round(seconds, 3),
                               "calibration_seconds": None if calibration is None else round(calibration, 3)}

@@ -113,12 +113,12 @@ def _prune_and_export(args, base: Base, plan, scores, seconds: dict) -> tuple[Pa
 def _write(args, base: Base, done, seconds: dict) -> Path:
     """Prune with `done`'s plan and compensation and export; streamed when the model's weights stay on disk."""
     from ..export import export_model
+    from ..sequential import compensation_record
     from ..streamed_export import prune_and_export
     from ..surgery import prune_model
 
     compensation, plan, scores, refit = _compensation(args), done.plan, done.scores, done.refit
-    provenance = {"base_model": base.spec, "bias_compensation": compensation == "bias",
-                  "compensation": compensation, "sequential": bool(plan.meta.get("sequential"))}
+    provenance = {"base_model": base.spec, **compensation_record(compensation, plan.meta.get("sequential"))}
     t = time.perf_counter()
     if base.weights is not None:
         folder = prune_and_export(base.weights, base.model.config, base.tokenizer, plan, args.out,
