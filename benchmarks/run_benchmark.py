@@ -284,11 +284,12 @@ class Benchmark:
         fraction = float(other["removed_attention_mlp"])
         labels = {"view": "c", "ratio_group": float(other["ratio"]), "chosen_on": self.chosen_on,
                   "compared_with": f"{other['method']} ({other['view']}) {other['allocation']} at {float(other['ratio']):g}"}
-        if self.done(view="c", allocation=allocation, compared_with=labels["compared_with"]) is not None:
-            return self.done(view="c", allocation=allocation, compared_with=labels["compared_with"])
-        done = self.done(view="c", allocation=allocation, ratio=fraction)
-        if done is not None:
-            return self.add({**done, **labels})
+        same_row = self.done(view="c", allocation=allocation, compared_with=labels["compared_with"])
+        if same_row is not None:  # measured by the run this one resumes
+            return same_row
+        same_fraction = self.done(view="c", allocation=allocation, ratio=fraction)
+        if same_fraction is not None:
+            return self.add({**same_fraction, **labels})
         row = self.evaluate(self.test, scores, {**self.common("bip", scores), "allocation": allocation,
                                                 "ratio": fraction}, **labels)
         return self.add(row)
