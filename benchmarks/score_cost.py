@@ -3,6 +3,7 @@ forward pass over the same calibration tokens and next to every baseline.
 
     .venv/bin/python benchmarks/score_cost.py [--windows 16,64,256] [--seq-len 128] [--batch-size 8]
         [--pipeline whole|layerwise] [--methods "bip,flap,..."] [--repeat 2] [--threads 1] [--json out.json]
+    .venv/bin/python benchmarks/score_cost.py --breakdown [--windows 16,128]   # where LLM-BIP's extra time goes
 
 --windows: calibration sizes (windows of --seq-len tokens), each measured in turn. --pipeline: the
 scoring pipeline (bip_core.scoring PIPELINES); "hooks only" then runs that pipeline with statistics
@@ -90,6 +91,48 @@ def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: s
             "threads": torch.get_num_threads(), **memory.result()}
 
 
+# LLM-BIP's statistics, by what they measure: the methods of bip_core.scoring.bip.Stats whose CPU time --breakdown sums
+BREAKDOWN = {"probes (gain and L, their MLP call)": ("probe_gains", "probe_lipschitz", "mlp"),
+             "attention units' covariance": ("on_o_input",), "channel statistics": ("on_down_input",),
+             "finish (Grams, column norms, L)": ("finish",)}
+
+
+def breakdown(windows: int, args) -> None:
+    """In this process: CPU seconds of LLM-BIP's statistics by kind (BREAKDOWN), as shares of a plain forward."""
+    import collections
+
+    import torch
+
+    import bip_core.scoring.bip as bip
+
+    torch.set_num_threads(args.threads)
+    spent = collections.Counter()
+
+    def timed(kind, original):
+        def method(*a, **k):
+            started = time.process_time()
+            try:
+                return original(*a, **k)
+            finally:
+                spent[kind] += time.process_time() - started
+        return method
+
+    plain = measure("plain forward", windows, args.seq_len, args.batch_size, args.pipeline)["cpu_seconds"]
+    originals = {name: getattr(bip.Stats, name) for names in BREAKDOWN.values() for name in names}
+    for kind, names in BREAKDOWN.items():
+        for name in names:
+            setattr(bip.Stats, name, timed(kind, originals[name]))
+    try:
+        total = measure("bip", windows, args.seq_len, args.batch_size, args.pipeline)["cpu_seconds"]
+    finally:
+        for name, original in originals.items():
+            setattr(bip.Stats, name, original)
+    print(f"\n{windows} x {args.seq_len} tokens, {args.pipeline}: plain forward {plain:.2f} CPU s, LLM-BIP "
+          f"{total:.2f} ({total / plain:.2f}x)")
+    for kind in BREAKDOWN:
+        print(f"  {kind:<34} {spent[kind]:7.2f} s {spent[kind] / plain:7.1%} of the plain forward")
+
+
 def in_fresh_process(label: str, windows: int, args) -> dict:
     command = [sys.executable, __file__, "--only", label, "--windows", str(windows), "--seq-len",
                str(args.seq_len), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
@@ -144,10 +187,16 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="rounds of plain forward / hooks / bip (best shown)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady CPU times)")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead: in one process, LLM-BIP's statistics by kind as shares of a plain forward")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sizes = [args.samples] if args.samples else [int(w) for w in args.windows.split(",") if w.strip()]
+    if args.breakdown:
+        for windows in sizes:
+            breakdown(windows, args)
+        return 0
     if args.only:
         import torch
 
