@@ -4,6 +4,11 @@ forward pass over the same calibration tokens and next to every baseline.
     .venv/bin/python benchmarks/score_cost.py [--windows 16,64,256] [--seq-len 128] [--batch-size 8]
         [--pipeline whole|layerwise] [--methods "bip,flap,..."] [--repeat 2] [--threads 1] [--json out.json]
     .venv/bin/python benchmarks/score_cost.py --breakdown [--windows 16,128]   # where LLM-BIP's extra time goes
+    .venv/bin/python benchmarks/score_cost.py --shape 7b --layers 2 --dtype bfloat16 --windows 16,64
+
+--shape: the default model, or a random model of a benchmarks/scale.py shape (a config-only folder,
+seed 0, the default tokenizer) cut to --layers decoder layers: the cost per layer of a Llama-2-7B or
+TinyLlama layer without holding the whole model (--dtype: the model's dtype, default auto).
 
 --windows: calibration sizes (windows of --seq-len tokens), each measured in turn. --pipeline: the
 scoring pipeline (bip_core.scoring PIPELINES); "hooks only" then runs that pipeline with statistics
@@ -24,11 +29,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from scale import SHAPES  # noqa: E402
 
 VARIANTS = {  # label -> (method, options); "plain forward" and "hooks only" are the yardsticks
     "plain forward": (None, {}),
@@ -45,7 +54,19 @@ VARIANTS = {  # label -> (method, options); "plain forward" and "hooks only" are
 ALTERNATED = ("plain forward", "hooks only", "bip")
 
 
-def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: str = "whole") -> dict:
+def model_spec(shape: str, layers: int | None, folder: Path) -> str:
+    """"default", or a config-only folder in `folder` holding a scale.py shape cut to `layers` layers."""
+    if shape == "default":
+        return "default"
+    from transformers import LlamaConfig
+
+    fields = dict(SHAPES[shape], **({"num_hidden_layers": layers} if layers else {}))
+    LlamaConfig(**fields, tie_word_embeddings=False).save_pretrained(folder)
+    return str(folder)
+
+
+def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: str = "whole",
+            spec: str = "default", dtype: str = "auto") -> dict:
     """One measurement in this process."""
     import torch
 
@@ -61,7 +82,7 @@ def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: s
         def on_block(self, taps):
             pass
 
-    loaded = load_model("default")
+    loaded = load_model(spec, dtype=dtype, pipeline="whole")
     model, tokenizer = loaded.model, loaded.tokenizer
     input_ids = calibration_windows(tokenizer, "wiki-bb", samples, seq_len, 0)
     with torch.no_grad():  # warm-up: first-call allocations and kernel selection
@@ -77,7 +98,7 @@ def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: s
             stats = [Nothing(model, i, "kv_group", {}, 0) for i in range(len(model.model.layers))]
             if pipeline == "layerwise":
                 run_layerwise(model, ModuleWeights(model), input_ids, stats, batch_size=batch_size, device="cpu",
-                              dtype=torch.float32)
+                              dtype=model.dtype)
             else:
                 run_calibration(model, input_ids, stats, batch_size=batch_size)
         else:
@@ -117,13 +138,16 @@ def breakdown(windows: int, args) -> None:
                 spent[kind] += time.process_time() - started
         return method
 
-    plain = measure("plain forward", windows, args.seq_len, args.batch_size, args.pipeline)["cpu_seconds"]
+    folder = tempfile.TemporaryDirectory()
+    spec = model_spec(args.shape, args.layers, Path(folder.name))
+    plain = measure("plain forward", windows, args.seq_len, args.batch_size, args.pipeline, spec,
+                    args.dtype)["cpu_seconds"]
     originals = {name: getattr(bip.Stats, name) for names in BREAKDOWN.values() for name in names}
     for kind, names in BREAKDOWN.items():
         for name in names:
             setattr(bip.Stats, name, timed(kind, originals[name]))
     try:
-        total = measure("bip", windows, args.seq_len, args.batch_size, args.pipeline)["cpu_seconds"]
+        total = measure("bip", windows, args.seq_len, args.batch_size, args.pipeline, spec, args.dtype)["cpu_seconds"]
     finally:
         for name, original in originals.items():
             setattr(bip.Stats, name, original)
@@ -136,7 +160,8 @@ def breakdown(windows: int, args) -> None:
 def in_fresh_process(label: str, windows: int, args) -> dict:
     command = [sys.executable, __file__, "--only", label, "--windows", str(windows), "--seq-len",
                str(args.seq_len), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-               "--pipeline", args.pipeline]
+               "--pipeline", args.pipeline, "--shape", args.shape, "--dtype", args.dtype,
+               *(["--layers", str(args.layers)] if args.layers else [])]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -147,7 +172,7 @@ def in_fresh_process(label: str, windows: int, args) -> dict:
 def measure_size(windows: int, labels: list[str], args) -> dict[str, dict]:
     """Best of --repeat rounds of every label at one calibration size; prints a table."""
     tokens = windows * args.seq_len
-    print(f"\ndefault model, {windows} x {args.seq_len} = {tokens} tokens, batch {args.batch_size}, "
+    print(f"\n{args.shape} model{f' ({args.layers} layers)' if args.layers else ''}, {args.dtype}, {windows} x {args.seq_len} = {tokens} tokens, batch {args.batch_size}, "
           f"{args.pipeline} pipeline, {args.threads} torch thread(s), {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     results: dict[str, dict] = {}
@@ -182,6 +207,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pipeline", default="whole", choices=("whole", "layerwise"))
+    parser.add_argument("--shape", default="default", choices=("default", *SHAPES),
+                        help="the default model, or a random model of a benchmarks/scale.py shape")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers of a --shape model (default: all)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--methods", default=",".join(v for v in VARIANTS if v not in ALTERNATED[:2]),
                         help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of plain forward / hooks / bip (best shown)")
@@ -201,7 +230,9 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        result = measure(args.only, sizes[0], args.seq_len, args.batch_size, args.pipeline)
+        with tempfile.TemporaryDirectory() as folder:
+            result = measure(args.only, sizes[0], args.seq_len, args.batch_size, args.pipeline,
+                             model_spec(args.shape, args.layers, Path(folder)), args.dtype)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     labels = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -219,6 +250,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"seq_len": args.seq_len, "batch_size": args.batch_size,
                                                "threads": args.threads, "pipeline": args.pipeline,
+                                               "shape": args.shape, "layers": args.layers, "dtype": args.dtype,
                                                "results": {str(w): r for w, r in by_size.items()}}, indent=2))
     return 0
 
