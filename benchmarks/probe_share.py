@@ -1,9 +1,10 @@
 """How much LLM-BIP's scores and plans move when its probes use fewer calibration tokens (issue 11, item 8).
 
-    .venv/bin/python benchmarks/probe_share.py [--windows 64] [--shares 64,128,256] [--min-tokens 32]
+    .venv/bin/python benchmarks/probe_share.py [--windows 64] [--shares 16,32,64] [--min-tokens 8]
 
-Scores the default model (wiki-bb train, --windows x 128 tokens, seed 0) once per `probe_share` (one probe
-token in that many calibration tokens, at least --min-tokens) and compares each with the first: the unit gains'
+Scores the default model (wiki-bb train, --windows x 128 tokens, seed 0) once per `probe_share` (calibration
+tokens per probe MLP token-pass; with the default model's 3 units and L, each probe uses one token in 4 x share,
+at least --min-tokens) and compares each with the first: the unit gains'
 relative change (median and max), the Spearman correlation of the attention scores, and how many per-layer kept
 counts (attention units + MLP channels) a global-energy plan changes at 0.2 and 0.5. CPU seconds of each
 scoring run are printed too (noisy on a shared machine).
@@ -44,7 +45,7 @@ def compare(model, a, b) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=64)
-    parser.add_argument("--shares", default="64,128,256", help="probe_share values; the first is the reference")
+    parser.add_argument("--shares", default="16,32,64", help="probe_share values; the first is the reference")
     parser.add_argument("--min-tokens", type=int, default=bip.MIN_PROBE_TOKENS,
                         help="the fewest probe tokens (bip.MIN_PROBE_TOKENS)")
     args = parser.parse_args()

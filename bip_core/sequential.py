@@ -46,7 +46,7 @@ REFIT_ALPHA = 1e-3  # ridge: alpha x the mean variance of the kept inputs (chose
 COVARIANCE = {"o_proj": "o_input_covariance", "down_proj": "down_input_covariance"}
 FORWARD_METHODS = tuple(name for name, metric in METRICS.items() if metric.PASS == "forward")  # one pass to repeat
 # A dense (not sequential) refit keeps the plan's units: its pass runs the cheapest forward statistics, which carry
-# the means and covariances it needs (bip's probes would cost time and, on a 7B layer, about 2 GB for nothing).
+# the means and covariances it needs (bip's probes would cost time and memory for nothing).
 MOMENTS_METHOD = "wanda-sp"
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bip_core.architecture import block_parts, decoder_layers, model_geometry
-from bip_core.calibration import RunningMoments, column_sum
+from bip_core import calibration
+from bip_core.calibration import RunningMoments, column_sum, column_sum_of_squares, weight_rows, weight_sums
 from bip_core.cli import main as cli_main
 from bip_core.data import calibration_windows
 from bip_core.errors import DataError, ScoresError
@@ -124,7 +125,7 @@ def test_bip_ablation_on_default_model(default_loaded, capsys):
     indices = (0, 11, 29)  # 11 holds a massive-activation channel
     inputs = block_inputs(model, tokenizer, indices)
     for unit in ("kv_group", "query_slot"):
-        bip = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="measured", probe_share=1,
+        bip = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="measured", probe_share=0,
                     **CALIBRATION)
         direct = score(model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="zero", **CALIBRATION)
         report = []
@@ -141,7 +142,7 @@ def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
     inputs = block_inputs(tiny_model, tokenizer, range(len(decoder_layers(tiny_model))))
     for unit in units:
         bip = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="measured",
-                    probe_share=1, **CALIBRATION)
+                    probe_share=0, **CALIBRATION)
         direct = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="zero", **CALIBRATION)
         report = []
         for index in range(len(decoder_layers(tiny_model))):
@@ -152,7 +153,7 @@ def test_bip_ablation_on_tiny_models(tiny_model, tokenizer, capsys):
 
 
 def test_directional_gain_makes_unit_scores_the_measured_block_output_change(tiny_model, tokenizer):
-    """With every calibration token probed (probe_share=1, 72 tokens), gain_g * mean_t ||delta_tg|| is
+    """With every calibration token probed (probe_share=0, 72 tokens), gain_g * mean_t ||delta_tg|| is
     exactly mean_t ||Delta y_tg||: the block-output change of removing unit g, through the MLP."""
     geometry = model_geometry(tiny_model)[0]
     units = ["head"] if geometry.n_rep == 1 else ["kv_group", "query_slot"]
@@ -160,7 +161,7 @@ def test_directional_gain_makes_unit_scores_the_measured_block_output_change(tin
     inputs = block_inputs(tiny_model, tokenizer, layers)
     for unit in units:
         scores = score(tiny_model, tokenizer, "bip", unit=unit, aggregation="mean_abs", lipschitz="directional",
-                       probe_share=1, **CALIBRATION)
+                       probe_share=0, **CALIBRATION)
         for index in layers:
             block = Block64(tiny_model, index, *inputs[index])
             y, _ = block.run()
@@ -409,22 +410,39 @@ def test_scoring_a_pruned_model(gqa_model, tokenizer):
 
 
 @pytest.mark.parametrize("covariance", [False, True])
-def test_running_moments_return_and_take_the_token_sum(covariance):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_running_moments_return_and_take_the_token_sum(covariance, dtype, monkeypatch):
     """add() returns the batch's token sum and, given it back, merges exactly as without it; mean and
-    scatter match float64 even where the mean is far larger than the spread."""
-    x = torch.randn(3, 50, 7, generator=torch.Generator().manual_seed(0)) + 100
+    scatter match float64 even where the mean is far larger than the spread, also for bfloat16 tokens
+    converted a few rows at a time (blocks of 2 rows here)."""
+    monkeypatch.setattr(calibration, "BLOCK_BYTES", 2 * 4 * 3 * 7)
+    x = (torch.randn(3, 50, 7, generator=torch.Generator().manual_seed(0)) + 100).to(dtype)
     own, given = RunningMoments(covariance), RunningMoments(covariance)
     for chunk in x.split(17, dim=1):
         total = own.add(chunk)
-        assert torch.allclose(total, chunk.sum(1, keepdim=True), rtol=1e-6)
+        assert torch.allclose(total.double(), chunk.double().sum(1, keepdim=True), rtol=1e-6)
         given.add(chunk, total)
-    d = (x - x.mean(1, keepdim=True)).double()
+    x = x.double()
+    d = x - x.mean(1, keepdim=True)
     scatter = d.transpose(1, 2) @ d if covariance else d.square().sum(1)
     for moments in (own, given):
         assert torch.allclose(moments.mean.double(), x.double().mean(1, keepdim=True), rtol=1e-6)
         assert torch.allclose(moments.m2.double(), scatter, rtol=1e-4, atol=1e-3)
     assert torch.equal(own.m2, given.m2)
-    assert torch.allclose(column_sum(x[0]), x[0].sum(0, keepdim=True), rtol=1e-6)
+    assert torch.allclose(column_sum(x[0].to(dtype)).double(), x[0].sum(0, keepdim=True), rtol=1e-6)
+    assert torch.allclose(column_sum_of_squares(x[0].to(dtype), 100.0).double(),
+                          (x[0] - 100).square().sum(0, keepdim=True), rtol=1e-5)
+
+
+def test_weight_sums_match_the_whole_weight_in_blocks(monkeypatch):
+    """Column and row sums of a Linear's weight computed a few rows at a time (bfloat16 weight) equal
+    those of the whole weight in float64."""
+    monkeypatch.setattr(calibration, "BLOCK_BYTES", 3 * 4 * 11)
+    linear = torch.nn.Linear(11, 10, bias=False).to(torch.bfloat16)
+    w = linear.weight.detach().double()
+    assert torch.allclose(weight_sums(linear, torch.square, 0).double(), w.square().sum(0), rtol=1e-6)
+    assert torch.allclose(weight_sums(linear, torch.abs, 1).double(), w.abs().sum(1), rtol=1e-6)
+    assert torch.equal(torch.cat(list(weight_rows(linear))), linear.weight.float())
 
 
 def test_probes_share_one_mlp_pass():
@@ -437,3 +455,31 @@ def test_probes_share_one_mlp_pass():
         for y, x in zip(together, inputs, strict=True):
             assert y.shape == x.shape and torch.allclose(y, mlp(x), atol=1e-6)
     assert len(calls) == 1 + len(inputs)  # one pass for both, then the two checks
+
+
+def test_probes_cost_a_fixed_share_of_the_pass_whatever_the_unit_count(default_loaded, tokenizer):
+    """The gain and L probes together run one MLP token-pass per `probe_share` (16) calibration tokens, so a
+    layer with many units (16 heads here, like a 7B layer's 32) does not pay (units + 1) x the probe tokens;
+    the default model's probes keep their tokens (32 at 16 x 128, 128 at 64 x 128)."""
+    from bip_core.scoring import bip
+
+    model = random_model(tiny_config("llama", gqa=False, layers=1, heads=16), seed=0)
+    mlp = block_parts(model, 0).mlp
+    rows = []
+    handle = mlp.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[:-1].numel()))
+    try:
+        score(model, tokenizer, "bip", source="wiki-bb", samples=32, seq_len=128, seed=0)
+    finally:
+        handle.remove()
+    tokens, units = 32 * 128, 16
+    probe_rows = sum(rows) - tokens  # the block's own MLP passes carry every calibration token once
+    assert probe_rows == (units + 1) * -(-tokens // (16 * (units + 1)))  # 17 x 16 tokens
+    assert probe_rows <= tokens / 16 + units + 1
+    options = dict(bip.DEFAULTS)
+    stats = bip.Stats(default_loaded.model, 0, "kv_group", options, 0)
+    for planned, probed in ((16 * 128, 32), (64 * 128, 128), (256 * 128, 128), (4 * 128, bip.MIN_PROBE_TOKENS)):
+        stats.begin(planned)
+        assert stats.probe_tokens() == probed
+    stats = bip.Stats(default_loaded.model, 0, "kv_group", dict(options, probe_share=0), 0)
+    stats.begin(16 * 128)
+    assert stats.probe_tokens() == options["lipschitz_tokens"]  # probe_share=0: every token, up to the cap

@@ -16,12 +16,14 @@ How far the MLP after the attention carries a unit's change into the block outpu
                              e random with ||e|| = eps * ||h||
     "zero"                   A_lg = 1 ("direct": the residual change only)
 
-Each probe (L and the gains, separately) uses k = min(lipschitz_tokens, max(32, calibration tokens /
-probe_share)) tokens (128 at 64 x 128 calibration tokens, 32 at 16 x 128) drawn at random (seeded)
-from the first calibration batches, and reuses F(h) from the block's own pass: the gains cost
-units x k MLP token-passes per block, L another k (both in one MLP call), a fixed share (~4%) of the pass at every
-calibration size (probe_share=1: every token up to lipschitz_tokens, as before; same scores at 64 x
-128 and up). L_l is always estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
+The probes cost a fixed share of the pass, whatever the calibration size and the number of units:
+the gains take units MLP token-passes per probed token and L one, and together they run one MLP
+token-pass per `probe_share` (16) calibration tokens, so each probe uses
+k = min(lipschitz_tokens, max(8, calibration tokens / (probe_share x (units + 1)))) tokens drawn at
+random (seeded) from the first calibration batches (on the default model, 3 units: 32 at 16 x 128,
+128 at 64 x 128; on a Llama-2-7B layer, 32 heads: 8 and 16), all in one MLP call, reusing F(h) from
+the block's own pass (probe_share=0: every calibration token, up to lipschitz_tokens). L_l is always
+estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
 "lipschitz" is the L_l the score used, "unit_gain" the directional factors. L_l is a local,
 random-direction estimate, not a certified constant: single tokens can exceed (1 + L_l) ||delta||.
 
@@ -46,18 +48,18 @@ from typing import Callable
 
 import torch
 
-from ..calibration import BlockTaps, LayerStats, RunningMoments, column_sum, weight
+from ..calibration import BlockTaps, LayerStats, RunningMoments, column_sum_of_squares, weight_rows, weight_sums
 from .seeds import layer_generator
 from .units import unit_query_heads
 
 PASS = "forward"
 DEFAULTS = {"aggregation": "std", "lipschitz": "directional", "lipschitz_quantile": 1.0,
-            "lipschitz_tokens": 128, "probe_share": 64, "lipschitz_eps": 0.01}
+            "lipschitz_tokens": 128, "probe_share": 16, "lipschitz_eps": 0.01}
 CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("directional", "measured", "zero")}
-MIN_PROBE_TOKENS = 32  # probes of small calibrations use at least this many tokens (or all there are)
+MIN_PROBE_TOKENS = 8  # probes of small calibrations (or of many units) use at least this many tokens
 LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
           "lipschitz_tokens": (lambda n: n >= 1, ">= 1"),
-          "probe_share": (lambda n: n >= 1, ">= 1"),
+          "probe_share": (lambda n: n >= 0, ">= 0 (0: probe every token)"),
           "lipschitz_eps": (lambda eps: eps > 0, "> 0")}
 
 
@@ -144,17 +146,19 @@ class Stats(LayerStats):
         return heads.reshape(z.shape[0], self.units, self.unit_width).transpose(0, 1)
 
     def unit_grams(self, device) -> torch.Tensor:
-        if self.gram is None:
-            w_o = weight(self.parts.o_proj).to(device)  # [hidden, heads*head_dim]
-            w_units = self.unit_inputs(w_o)  # [units, hidden, unit_width]
-            self.gram = w_units.transpose(1, 2) @ w_units  # G_g = W_g^T W_g
+        if self.gram is None:  # G_g = W_g^T W_g, summed over blocks of o_proj's rows
+            self.gram = 0
+            for rows in weight_rows(self.parts.o_proj):  # [rows, heads*head_dim]
+                w_units = self.unit_inputs(rows.to(device))  # [units, rows, unit_width]
+                self.gram = self.gram + w_units.transpose(1, 2) @ w_units
         return self.gram
 
     def on_o_input(self, z):
+        z = z.float()  # once, for the sum and the moments
         total = super().on_o_input(z)  # [1, heads*head_dim]
         if not self.units:  # attention pruned away
             return total
-        z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
+        z_units = self.unit_inputs(z)  # [units, tokens, unit_width]
         if self.centred:
             self.unit_moments.add(z_units, self.unit_inputs(total))
             return total
@@ -172,18 +176,19 @@ class Stats(LayerStats):
         elif aggregation == "mean_abs":
             self.add("abs_m", m.float().abs().sum(0))  # sum_t |m_tj|
         else:
-            self.add("squared_m", (m.float() ** 2).sum(0))  # sum_t m_tj^2
+            self.add("squared_m", column_sum_of_squares(m)[0])  # sum_t m_tj^2
         return total
 
     # ---- the probes, on a few seeded tokens of the first batches --------------------------------------
     def probe_tokens(self) -> int:
-        """Tokens each probe uses: one in `probe_share` of the calibration tokens (at least
-        MIN_PROBE_TOKENS), at most `lipschitz_tokens`: the probes cost a fixed share of the pass at
-        every calibration size."""
-        most = self.options["lipschitz_tokens"]
-        if self.planned_tokens is None:
+        """Tokens each probe uses: one MLP token-pass per `probe_share` calibration tokens, shared by
+        the gains (units passes per token) and L (one), at least MIN_PROBE_TOKENS, at most
+        `lipschitz_tokens`: the probes cost a fixed share of the pass at every calibration size."""
+        most, share = self.options["lipschitz_tokens"], self.options["probe_share"]
+        if self.planned_tokens is None or share == 0:
             return most
-        return min(most, max(MIN_PROBE_TOKENS, -(-self.planned_tokens // self.options["probe_share"])))
+        passes = share * ((self.units if self.directional else 0) + 1)
+        return min(most, max(MIN_PROBE_TOKENS, -(-self.planned_tokens // passes)))
 
     def pick(self, tokens: int, wanted: int, device) -> torch.Tensor:
         return torch.randperm(tokens, generator=self.generator)[:wanted].to(device)
@@ -198,8 +203,9 @@ class Stats(LayerStats):
         z_units = self.unit_inputs(z.float())  # [units, tokens, unit_width]
         picked = self.pick(z_units.shape[1], wanted, z.device)
         centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
-        w_units = self.unit_inputs(weight(self.parts.o_proj).to(h.device))  # [units, hidden, unit_width]
-        delta = (z_units[:, picked] - centre) @ w_units.transpose(1, 2)  # [units, k, hidden]
+        moved = z_units[:, picked] - centre  # [units, k, unit_width]
+        delta = torch.cat([moved @ self.unit_inputs(rows.to(h.device)).transpose(1, 2)  # W_g z_tg, a block of rows
+                           for rows in weight_rows(self.parts.o_proj)], dim=-1)  # [units, k, hidden]
 
         def record(f_moved: torch.Tensor) -> None:
             change, size = directional_change(f[picked], f_moved, delta)
@@ -249,7 +255,7 @@ class Stats(LayerStats):
         out = super().finish()
         estimate = self.lipschitz_estimate()
         lipschitz = estimate if self.options["lipschitz"] == "measured" else 0.0
-        column_norm = column_sum(weight(self.parts.down_proj).square())[0].sqrt().cpu()  # ||W_down[:, j]||_2
+        column_norm = weight_sums(self.parts.down_proj, torch.square, 0).sqrt().cpu()  # ||W_down[:, j]||_2
         if self.directional and self.units:
             out["unit_gain"] = self.unit_gains()
             out["attention"] = out["unit_gain"] * self.unit_change()

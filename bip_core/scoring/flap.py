@@ -18,7 +18,9 @@ calibrated method).
 """
 from __future__ import annotations
 
-from ..calibration import LayerStats, RunningMoments, weight
+import torch
+
+from ..calibration import LayerStats, RunningMoments, weight_sums
 from .units import per_unit
 
 PASS = "forward"
@@ -46,8 +48,8 @@ class Stats(LayerStats):
 
     def finish(self):
         out = super().finish()
-        o_wifv = self.o_moments.variance(unbiased=True) * weight(self.parts.o_proj).cpu().pow(2).sum(0)
-        down_wifv = self.down_moments.variance(unbiased=True) * weight(self.parts.down_proj).cpu().pow(2).sum(0)
+        o_wifv = self.o_moments.variance(unbiased=True) * weight_sums(self.parts.o_proj, torch.square, 0).cpu()
+        down_wifv = self.down_moments.variance(unbiased=True) * weight_sums(self.parts.down_proj, torch.square, 0).cpu()
         o_score = o_wifv ** 2  # [heads*head_dim]
         out["attention"] = per_unit(o_score, self.geometry, self.unit, reduce="mean")
         out["mlp"] = down_wifv

@@ -9,7 +9,7 @@ weights="output" (FLAP's mag-sp): the column norms of the output projections,
 """
 from __future__ import annotations
 
-from ..calibration import LayerStats, weight
+from ..calibration import LayerStats, weight_sums
 from .units import per_unit
 
 PASS = "weights"
@@ -23,10 +23,10 @@ class Stats(LayerStats):
         parts = self.parts
 
         def rows(linear):  # sum_i |W_ji|^p per output channel j
-            return weight(linear).cpu().abs().pow(p).sum(1)
+            return weight_sums(linear, lambda w: w.abs().pow(p), 1).cpu()
 
         def columns(linear):  # sum_i |W_ij|^p per input channel j
-            return weight(linear).cpu().abs().pow(p).sum(0)
+            return weight_sums(linear, lambda w: w.abs().pow(p), 0).cpu()
 
         if self.options["weights"] == "output":
             attention = per_unit(columns(parts.o_proj) ** (1 / p), self.geometry, self.unit)

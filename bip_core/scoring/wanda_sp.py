@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..calibration import LayerStats, weight
+from ..calibration import LayerStats, column_sum_of_squares, weight_sums
 from .units import per_unit
 
 PASS = "forward"
@@ -24,17 +24,17 @@ CHOICES: dict = {}
 
 def column_scores(linear, squared_input_norm: torch.Tensor) -> torch.Tensor:
     """mean_i |W_ij| * ||X_j||_2 for every input channel j."""
-    return weight(linear).cpu().abs().mean(0) * squared_input_norm.sqrt()
+    return weight_sums(linear, torch.abs, 0).cpu() / linear.weight.shape[0] * squared_input_norm.sqrt()
 
 
 class Stats(LayerStats):
     def on_o_input(self, z):
         super().on_o_input(z)
-        self.add("o_input_sq", (z.float() ** 2).sum(0))  # ||X_j||^2
+        self.add("o_input_sq", column_sum_of_squares(z)[0])  # ||X_j||^2
 
     def on_down_input(self, m):
         super().on_down_input(m)
-        self.add("down_input_sq", (m.float() ** 2).sum(0))
+        self.add("down_input_sq", column_sum_of_squares(m)[0])
 
     def finish(self):
         out = super().finish()
