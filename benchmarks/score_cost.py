@@ -4,11 +4,14 @@ forward pass over the same calibration tokens and next to every baseline.
     .venv/bin/python benchmarks/score_cost.py [--windows 16,64,256] [--seq-len 128] [--batch-size 8]
         [--pipeline whole|layerwise] [--methods "bip,flap,..."] [--repeat 2] [--threads 1] [--json out.json]
     .venv/bin/python benchmarks/score_cost.py --breakdown [--windows 16,128]   # where LLM-BIP's extra time goes
-    .venv/bin/python benchmarks/score_cost.py --shape 7b --layers 2 --dtype bfloat16 --windows 16,64
+    .venv/bin/python benchmarks/score_cost.py --shape 7b --layers 1 --dtype float32 --windows 16,64 --paired --repeat 5
 
 --shape: the default model, or a random model of a benchmarks/scale.py shape (a config-only folder,
 seed 0, the default tokenizer) cut to --layers decoder layers: the cost per layer of a Llama-2-7B or
 TinyLlama layer without holding the whole model (--dtype: the model's dtype, default auto).
+--paired: in one process, alternate a plain forward and LLM-BIP --repeat times and print the median of
+the per-round ratios (on this machine bfloat16 matrix products vary by up to 2x from run to run, so
+fresh-process best-of figures of a bfloat16 model mean little; float32 is steadier).
 
 --windows: calibration sizes (windows of --seq-len tokens), each measured in turn. --pipeline: the
 scoring pipeline (bip_core.scoring PIPELINES); "hooks only" then runs that pipeline with statistics
@@ -157,6 +160,48 @@ def breakdown(windows: int, args) -> None:
         print(f"  {kind:<34} {spent[kind]:7.2f} s {spent[kind] / plain:7.1%} of the plain forward")
 
 
+def paired(windows: int, args) -> dict:
+    """In one process: --repeat rounds of a plain forward then LLM-BIP on the same model and tokens; prints
+    each round's ratio of CPU seconds and their median (steadier than best-of on a machine whose speed wanders)."""
+    import statistics
+
+    import torch
+
+    from bip_core.data import calibration_windows
+    from bip_core.loading import load_model
+    from bip_core.scoring import score
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        loaded = load_model(model_spec(args.shape, args.layers, Path(folder)), dtype=args.dtype, pipeline="whole")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    input_ids = calibration_windows(tokenizer, "wiki-bb", windows, args.seq_len, 0)
+
+    def plain():
+        with torch.no_grad():
+            for batch in torch.split(input_ids, args.batch_size):
+                model.model(input_ids=batch, use_cache=False)
+
+    def bip():
+        score(model, tokenizer, "bip", samples=windows, seq_len=args.seq_len, batch_size=args.batch_size,
+              pipeline=args.pipeline)
+
+    def cpu_seconds(work) -> float:
+        started = time.process_time()
+        work()
+        return time.process_time() - started
+
+    plain()  # warm-up
+    rounds = [(cpu_seconds(plain), cpu_seconds(bip)) for _ in range(max(1, args.repeat))]
+    ratios = [b / p for p, b in rounds]
+    print(f"\n{args.shape} model{f' ({args.layers} layers)' if args.layers else ''}, {model.dtype}, {windows} x "
+          f"{args.seq_len} tokens, {args.pipeline}: plain forward / LLM-BIP CPU s per round "
+          + ", ".join(f"{p:.2f} / {b:.2f}" for p, b in rounds)
+          + f"\n  ratio per round {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}x",
+          flush=True)
+    return {"rounds": rounds, "median_ratio": statistics.median(ratios)}
+
+
 def in_fresh_process(label: str, windows: int, args) -> dict:
     command = [sys.executable, __file__, "--only", label, "--windows", str(windows), "--seq-len",
                str(args.seq_len), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
@@ -218,6 +263,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--breakdown", action="store_true",
                         help="instead: in one process, LLM-BIP's statistics by kind as shares of a plain forward")
+    parser.add_argument("--paired", action="store_true",
+                        help="instead: in one process, --repeat rounds of plain forward then LLM-BIP, median ratio")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -225,6 +272,14 @@ def main(argv=None) -> int:
     if args.breakdown:
         for windows in sizes:
             breakdown(windows, args)
+        return 0
+    if args.paired:
+        figures = {str(windows): paired(windows, args) for windows in sizes}
+        if args.json:
+            Path(args.json).write_text(json.dumps({"seq_len": args.seq_len, "batch_size": args.batch_size,
+                                                   "threads": args.threads, "pipeline": args.pipeline,
+                                                   "shape": args.shape, "layers": args.layers, "dtype": args.dtype,
+                                                   "paired": figures}, indent=2))
         return 0
     if args.only:
         import torch
