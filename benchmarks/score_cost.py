@@ -68,6 +68,19 @@ def model_spec(shape: str, layers: int | None, folder: Path) -> str:
     return str(folder)
 
 
+def model_label(args) -> str:
+    return f"{args.shape} model{f' ({args.layers} layers)' if args.layers else ''}"
+
+
+def plain_forward(model, input_ids, batch_size: int) -> None:
+    """The yardstick: the model's own decoder forward over the calibration batches, no hooks."""
+    import torch
+
+    with torch.no_grad():
+        for batch in torch.split(input_ids, batch_size):
+            model.model(input_ids=batch, use_cache=False)
+
+
 def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: str = "whole",
             spec: str = "default", dtype: str = "auto") -> dict:
     """One measurement in this process."""
@@ -94,9 +107,7 @@ def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: s
 
     def work():
         if label == "plain forward":
-            with torch.no_grad():
-                for batch in torch.split(input_ids, batch_size):
-                    model.model(input_ids=batch, use_cache=False)
+            plain_forward(model, input_ids, batch_size)
         elif label == "hooks only":
             stats = [Nothing(model, i, "kv_group", {}, 0) for i in range(len(model.model.layers))]
             if pipeline == "layerwise":
@@ -141,19 +152,20 @@ def breakdown(windows: int, args) -> None:
                 spent[kind] += time.process_time() - started
         return method
 
-    folder = tempfile.TemporaryDirectory()
-    spec = model_spec(args.shape, args.layers, Path(folder.name))
-    plain = measure("plain forward", windows, args.seq_len, args.batch_size, args.pipeline, spec,
-                    args.dtype)["cpu_seconds"]
     originals = {name: getattr(bip.Stats, name) for names in BREAKDOWN.values() for name in names}
-    for kind, names in BREAKDOWN.items():
-        for name in names:
-            setattr(bip.Stats, name, timed(kind, originals[name]))
-    try:
-        total = measure("bip", windows, args.seq_len, args.batch_size, args.pipeline, spec, args.dtype)["cpu_seconds"]
-    finally:
-        for name, original in originals.items():
-            setattr(bip.Stats, name, original)
+    with tempfile.TemporaryDirectory() as folder:
+        spec = model_spec(args.shape, args.layers, Path(folder))
+        plain = measure("plain forward", windows, args.seq_len, args.batch_size, args.pipeline, spec,
+                        args.dtype)["cpu_seconds"]
+        for kind, names in BREAKDOWN.items():
+            for name in names:
+                setattr(bip.Stats, name, timed(kind, originals[name]))
+        try:
+            total = measure("bip", windows, args.seq_len, args.batch_size, args.pipeline, spec,
+                            args.dtype)["cpu_seconds"]
+        finally:
+            for name, original in originals.items():
+                setattr(bip.Stats, name, original)
     print(f"\n{windows} x {args.seq_len} tokens, {args.pipeline}: plain forward {plain:.2f} CPU s, LLM-BIP "
           f"{total:.2f} ({total / plain:.2f}x)")
     for kind in BREAKDOWN:
@@ -178,9 +190,7 @@ def paired(windows: int, args) -> dict:
     input_ids = calibration_windows(tokenizer, "wiki-bb", windows, args.seq_len, 0)
 
     def plain():
-        with torch.no_grad():
-            for batch in torch.split(input_ids, args.batch_size):
-                model.model(input_ids=batch, use_cache=False)
+        plain_forward(model, input_ids, args.batch_size)
 
     def bip():
         score(model, tokenizer, "bip", samples=windows, seq_len=args.seq_len, batch_size=args.batch_size,
@@ -194,7 +204,7 @@ def paired(windows: int, args) -> dict:
     plain()  # warm-up
     rounds = [(cpu_seconds(plain), cpu_seconds(bip)) for _ in range(max(1, args.repeat))]
     ratios = [b / p for p, b in rounds]
-    print(f"\n{args.shape} model{f' ({args.layers} layers)' if args.layers else ''}, {model.dtype}, {windows} x "
+    print(f"\n{model_label(args)}, {model.dtype}, {windows} x "
           f"{args.seq_len} tokens, {args.pipeline}: plain forward / LLM-BIP CPU s per round "
           + ", ".join(f"{p:.2f} / {b:.2f}" for p, b in rounds)
           + f"\n  ratio per round {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}x",
@@ -217,7 +227,7 @@ def in_fresh_process(label: str, windows: int, args) -> dict:
 def measure_size(windows: int, labels: list[str], args) -> dict[str, dict]:
     """Best of --repeat rounds of every label at one calibration size; prints a table."""
     tokens = windows * args.seq_len
-    print(f"\n{args.shape} model{f' ({args.layers} layers)' if args.layers else ''}, {args.dtype}, {windows} x {args.seq_len} = {tokens} tokens, batch {args.batch_size}, "
+    print(f"\n{model_label(args)}, {args.dtype}, {windows} x {args.seq_len} = {tokens} tokens, batch {args.batch_size}, "
           f"{args.pipeline} pipeline, {args.threads} torch thread(s), {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     results: dict[str, dict] = {}
