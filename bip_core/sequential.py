@@ -73,10 +73,9 @@ class InputMoments(LayerStats):
 
 
 def take_covariance(moments: RunningMoments) -> torch.Tensor:
-    """The covariance `moments` gathered, made in place from its scatter matrix, which it gives up (one
-    [in, in] float32 matrix alive rather than two: 485 MB for a 7B down_proj)."""
-    scatter, moments.m2 = moments.m2, None
-    return scatter.cpu().div_(max(1, moments.count))
+    """The covariance `moments` gathered, made in place from its scatter matrix, which it gives up
+    (RunningMoments.take_m2)."""
+    return moments.take_m2().cpu().div_(max(1, moments.count))
 
 
 @dataclass

@@ -412,7 +412,7 @@ def test_scoring_a_pruned_model(gqa_model, tokenizer):
 @pytest.mark.parametrize("covariance", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_running_moments_return_and_take_the_token_sum(covariance, dtype, monkeypatch):
-    """add() returns the batch's token sum and, given it back, merges exactly as without it; mean and
+    """add() returns the batch's token sum and, given it back, adds exactly as without it, in place; mean and
     scatter match float64 even where the mean is far larger than the spread, also for bfloat16 tokens
     converted a few rows at a time (blocks of 2 rows here)."""
     monkeypatch.setattr(calibration, "BLOCK_BYTES", 2 * 4 * 3 * 7)
@@ -422,6 +422,9 @@ def test_running_moments_return_and_take_the_token_sum(covariance, dtype, monkey
         total = own.add(chunk)
         assert torch.allclose(total.double(), chunk.double().sum(1, keepdim=True), rtol=1e-6)
         given.add(chunk, total)
+        if own.count == 17:
+            scatter = own.shifted.data_ptr()
+    assert own.shifted.data_ptr() == scatter  # later batches were added in place
     x = x.double()
     d = x - x.mean(1, keepdim=True)
     scatter = d.transpose(1, 2) @ d if covariance else d.square().sum(1)
@@ -429,6 +432,7 @@ def test_running_moments_return_and_take_the_token_sum(covariance, dtype, monkey
         assert torch.allclose(moments.mean.double(), x.double().mean(1, keepdim=True), rtol=1e-6)
         assert torch.allclose(moments.m2.double(), scatter, rtol=1e-4, atol=1e-3)
     assert torch.equal(own.m2, given.m2)
+    assert torch.equal(given.take_m2(), own.m2) and given.shifted is None  # in place, given up
     assert torch.allclose(column_sum(x[0].to(dtype)).double(), x[0].sum(0, keepdim=True), rtol=1e-6)
     assert torch.allclose(column_sum_of_squares(x[0].to(dtype), 100.0).double(),
                           (x[0] - 100).square().sum(0, keepdim=True), rtol=1e-5)
