@@ -1,4 +1,4 @@
-"""Each method's default compensation and sequential setting ("auto" in sweep, the app's Prune step).
+"""Each method's default compensation and sequential setting ("auto" in sweep and prune, the app's Prune step).
 
     compensation, sequential = default_practice(scores)
 
@@ -35,4 +35,10 @@ def default_practice(scores) -> tuple[str, bool]:
     return compensation, sequential
 
 
-__all__ = ["default_practice", "PRACTICE"]
+def practice_text() -> str:
+    """'bip refit + sequential, flap bias, ...': the table as the CLI's help shows it."""
+    return ", ".join(f"{method} {compensation}{' + sequential' if sequential else ''}"
+                     for method, (compensation, sequential) in PRACTICE.items())
+
+
+__all__ = ["default_practice", "practice_text", "PRACTICE"]

@@ -250,3 +250,19 @@ def test_prune_cli(tmp_path, capsys):
     capsys.readouterr()
     code = cli_main(["prune", "--plan", str(plan_file), "--ratio", "0.2", "--out", str(tmp_path / "x")])
     assert code == 2 and "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, practice", [("flap", ("bias", False)), ("wanda-sp", ("none", True)),
+                                              ("random", ("none", False))])
+def test_prune_cli_defaults_to_the_methods_practice(tmp_path, capsys, method, practice):
+    """Without --compensation / --sequential, prune runs the method's practice (bip_core.practice), as the
+    app and sweep do."""
+    _, scores_file = tiny_folder_with_scores(tmp_path, "llama")
+    scores = json.loads(scores_file.read_text())
+    scores["meta"].update(method=method, source="wiki-bb", samples=2, seq_len=16)  # the calibration a rescore uses
+    scores_file.write_text(json.dumps(scores))
+    code = cli_main(["prune", "--scores", str(scores_file), "--ratio", "0.3", "--allocation", "uniform",
+                     "--out", str(tmp_path / "pruned")])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["compensation"], printed["sequential"]) == practice

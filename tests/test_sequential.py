@@ -113,16 +113,22 @@ def test_compression_needs_a_forward_method(model, tokenizer):
 
 
 def test_prune_cli_asks_for_scores_before_a_sequential_prune(model, tmp_path, capsys):
-    """A Wanda-sp plan prunes sequentially by default: without --scores the CLI says so before loading anything."""
+    """A sequential or compensated prune needs --scores: without them the CLI says so before loading anything.
+    A plan alone prunes as asked, without the method's practice (Wanda-sp: sequential), and says so."""
     from bip_core.cli import main as cli_main
     from fake_scores import fake_scores
 
     scores = fake_scores(model)
     scores.meta["method"] = "wanda-sp"
     make_plan(scores, model, 0.3, "paper").save(tmp_path / "plan.json")
+    for asked in (["--sequential"], ["--compensation", "refit"], ["--bias-compensation"]):
+        code = cli_main(["prune", "--model", str(tmp_path / "never-loaded"), "--plan", str(tmp_path / "plan.json"),
+                         *asked, "--out", str(tmp_path / "out")])
+        assert code == 2 and "--scores is needed" in capsys.readouterr().err and not (tmp_path / "out").exists()
     code = cli_main(["prune", "--model", str(tmp_path / "never-loaded"), "--plan", str(tmp_path / "plan.json"),
                      "--out", str(tmp_path / "out")])
-    assert code == 2 and "--scores is needed" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    said = capsys.readouterr().err
+    assert "no --scores, so pruned without compensation in one pass" in said and "not found" in said
 
 
 def test_a_dense_refit_pass_runs_only_cheap_statistics_and_fits_the_same(model, tokenizer):

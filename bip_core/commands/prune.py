@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..practice import PRACTICE, default_practice, practice_text
 from .common import add_device_arguments, add_model_argument, load_kwargs, print_json
 from .plan import add_plan_arguments, plan_from_args
 
@@ -31,14 +33,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bias-compensation", action="store_true",
                         help="FLAP-style: put the mean output of pruned columns back as o_proj/down_proj biases "
                              "(= --compensation bias)")
-    parser.add_argument("--compensation", choices=("none", "bias", "refit"), default=None,
+    parser.add_argument("--compensation", choices=("auto", "none", "bias", "refit"), default="auto",
                         help="none; bias (FLAP's mean); refit (ridge least squares of the kept o_proj/down_proj "
-                             "columns, fitted layer by layer on calibration inputs). Default: none, or bias "
-                             "with --bias-compensation")
+                             "columns, fitted layer by layer on calibration inputs). auto (default): the method's "
+                             f"own practice ({practice_text()}; none for the rest), as the app and sweep do; "
+                             "none when no --scores are given")
     parser.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
                         help="choose each layer's units on the outputs of the already-pruned layers before it "
-                             "(the plan fixes the counts), as Wanda-sp's original does. Default: on for wanda-sp, "
-                             "off otherwise")
+                             "(the plan fixes the counts), as Wanda-sp's original does. Default: the method's "
+                             "practice (see --compensation); off when no --scores are given")
     parser.add_argument("--refit-alpha", type=float, default=None,
                         help="refit's ridge, relative to the kept inputs' mean variance (default 1e-3)")
     parser.add_argument("--streamed", action="store_true",
@@ -73,51 +76,58 @@ def _base(args, spec: str) -> Base:
                 loaded.dtype)
 
 
-def _compensation(args) -> str:
-    return args.compensation or ("bias" if args.bias_compensation else "none")
-
-
-def _sequential(args, plan) -> bool:
-    """As asked; by default on for Wanda-sp, as its original runs."""
-    return args.sequential if args.sequential is not None else plan.meta.get("method") == "wanda-sp"
+def _practice(args, plan, scores) -> tuple[str, bool]:
+    """(compensation, sequential): as asked, and what is not asked as the method's practice
+    (bip_core.practice), which needs the scores: without them, none and one pass (said on stderr)."""
+    asked = "bias" if args.bias_compensation and args.compensation == "auto" else args.compensation
+    if scores is None:
+        if asked == "auto" and args.sequential is None and PRACTICE.get(plan.meta.get("method")):
+            print(f"note: no --scores, so pruned without compensation in one pass; {plan.meta.get('method')}'s "
+                  "practice (--compensation auto) needs the scores.", file=sys.stderr)
+        return ("none" if asked == "auto" else asked), bool(args.sequential)
+    compensation, sequential = default_practice(scores)
+    return (compensation if asked == "auto" else asked), (sequential if args.sequential is None else args.sequential)
 
 
 def _check_scores(args, plan, scores) -> None:
     """Refuse, before loading the model, a sequential or compensated prune without the scores it needs."""
     from ..errors import PlanError
 
-    if scores is None and (plan is None or _sequential(args, plan) or _compensation(args) != "none"):
-        raise PlanError("--scores is needed to make a plan, for compensation and for sequential pruning (the "
-                        "default for wanda-sp): they rescore with its method and calibration. Give --scores "
-                        "(or --no-sequential).")
+    if scores is None and (plan is None or args.sequential or args.bias_compensation
+                           or args.compensation not in ("auto", "none")):
+        raise PlanError("--scores is needed to make a plan, for compensation and for sequential pruning: they "
+                        "rescore with the plan's method and calibration. Give --scores (or prune with "
+                        "--compensation none --no-sequential).")
 
 
-def _compressed(args, base: Base, plan, scores):
+def _compressed(args, base: Base, plan, scores, practice: tuple[str, bool]):
     """The Compressed (plan, scores, refit) after the sequential / refit pass, or as given when neither is
     asked; streamed, its refit tensors are in temporary files until it is closed."""
     from ..sequential import REFIT_ALPHA, compress_like
 
+    compensation, sequential = practice
     placement = {"weight_source": base.weights, "device": base.device, "dtype": base.dtype,
                  "pipeline": "layerwise"} if base.weights is not None else {}
-    return compress_like(base.model, base.tokenizer, plan, scores, sequential=_sequential(args, plan),
-                         compensation=_compensation(args), alpha=args.refit_alpha or REFIT_ALPHA, **placement)
+    return compress_like(base.model, base.tokenizer, plan, scores, sequential=sequential, compensation=compensation,
+                         alpha=args.refit_alpha or REFIT_ALPHA, **placement)
 
 
-def _prune_and_export(args, base: Base, plan, scores, seconds: dict) -> tuple[Path, object]:
+def _prune_and_export(args, base: Base, plan, scores, practice: tuple[str, bool],
+                      seconds: dict) -> tuple[Path, object]:
     t = time.perf_counter()
-    with _compressed(args, base, plan, scores) as done:
+    with _compressed(args, base, plan, scores, practice) as done:
         seconds["calibrate"] = time.perf_counter() - t
-        return _write(args, base, done, seconds), done.plan
+        return _write(args, base, done, practice[0], seconds), done.plan
 
 
-def _write(args, base: Base, done, seconds: dict) -> Path:
+def _write(args, base: Base, done, compensation: str, seconds: dict) -> Path:
     """Prune with `done`'s plan and compensation and export; streamed when the model's weights stay on disk."""
     from ..export import export_model
     from ..sequential import compensation_record
     from ..streamed_export import prune_and_export
     from ..surgery import prune_model
 
-    compensation, plan, scores, refit = _compensation(args), done.plan, done.scores, done.refit
+    plan, scores, refit = done.plan, done.scores, done.refit
     provenance = {"base_model": base.spec, **compensation_record(compensation, plan.meta.get("sequential"))}
     t = time.perf_counter()
     if base.weights is not None:
@@ -146,6 +156,7 @@ def run(args) -> int:
     scores = Scores.load(args.scores) if args.scores else None
     plan = Plan.load(args.plan) if args.plan else None
     _check_scores(args, plan, scores)
+    practice = _practice(args, plan, scores)
     named = scores.meta.get("model") if scores else (plan.meta.get("calibration") or {}).get("model")
     base = _base(args, args.model or named or "default")
     seconds["load"] = time.perf_counter() - start
@@ -154,7 +165,7 @@ def run(args) -> int:
     if plan is None:
         plan = plan_from_args(args, scores, base.model)
     seconds["plan"] = time.perf_counter() - t
-    folder, plan = _prune_and_export(args, base, plan, scores, seconds)
+    folder, plan = _prune_and_export(args, base, plan, scores, practice, seconds)
     seconds["total"] = time.perf_counter() - start
 
     config = json.loads((folder / "config.json").read_text())
@@ -164,7 +175,7 @@ def run(args) -> int:
         "out": str(folder), "streamed": base.weights is not None,
         "method": plan.meta.get("method"), "unit": plan.unit, "allocation": plan.meta.get("allocation"),
         "ratio": plan.meta.get("ratio"),
-        "compensation": _compensation(args),
+        "compensation": practice[0],
         "sequential": bool(plan.meta.get("sequential")),
         "params_before": before["total"], "params_after": after["total"],
         "attention_mlp_before": before["attention_mlp"], "attention_mlp_after": after["attention_mlp"],

@@ -12,15 +12,9 @@ import sys
 from pathlib import Path
 
 from ..plan import ALLOCATIONS
-from ..practice import PRACTICE
+from ..practice import PRACTICE, practice_text
 from .common import (WHOLE_ONLY, add_device_arguments, add_model_argument, load_kwargs, print_json,
                      score_kwargs)
-
-
-def _practice_text() -> str:
-    """'bip refit + sequential, flap bias, ...': bip_core.practice's table as the help shows it."""
-    return ", ".join(f"{method} {compensation}{' + sequential' if sequential else ''}"
-                     for method, (compensation, sequential) in PRACTICE.items())
 
 
 def _floats(text: str) -> list[float]:
@@ -53,7 +47,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--windows", type=int, default=None, help="perplexity windows (default all)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--compensation", choices=("auto", "none", "bias", "refit"), default=None,
-                        help=f"auto (default): each method's own practice ({_practice_text()}; none for the "
+                        help=f"auto (default): each method's own practice ({practice_text()}; none for the "
                              "rest and for uncentred scores); bias: FLAP's mean; refit: ridge least squares of the "
                              "kept o_proj/down_proj columns (one more calibration pass per plan)")
     parser.add_argument("--bias-compensation", choices=("auto", "on", "off"), default=None,
