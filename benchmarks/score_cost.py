@@ -5,6 +5,7 @@ forward pass over the same calibration tokens and next to every baseline.
         [--pipeline whole|layerwise] [--methods "bip,flap,..."] [--repeat 2] [--threads 1] [--json out.json]
     .venv/bin/python benchmarks/score_cost.py --breakdown [--windows 16,128]   # where LLM-BIP's extra time goes
     .venv/bin/python benchmarks/score_cost.py --shape 7b --layers 1 --dtype float32 --windows 16,64 --paired --repeat 5
+    .venv/bin/python benchmarks/score_cost.py --flops --shape 7b --windows 16,64,256   # arithmetic only, no timing
 
 --shape: the default model, or a random model of a benchmarks/scale.py shape (a config-only folder,
 seed 0, the default tokenizer) cut to --layers decoder layers: the cost per layer of a Llama-2-7B or
@@ -212,6 +213,55 @@ def paired(windows: int, args) -> dict:
     return {"rounds": rounds, "median_ratio": statistics.median(ratios)}
 
 
+def layer_flops(config, windows: int, seq_len: int, options: dict | None = None) -> dict[str, float]:
+    """Floating-point operations per decoder layer (multiply-adds count 2): the plain forward's, and the
+    arithmetic LLM-BIP's default configuration adds to it (bip_core.scoring.bip), for windows x seq_len tokens.
+
+    forward     the linears, and attention's two products over the causal half of each window
+    covariance  the unit covariance of z (centred unit change; the uncentred ||W_g z|| costs the same)
+    probes      (units + 1) MLP passes per probed token (bip.probe_tokens), and W_g z_g for the gains
+    grams       G_g = W_g^T W_g, once per layer
+    Everything else LLM-BIP does is a pass over a tensor (sums, squares, norms): memory-bound, not counted."""
+    from bip_core.architecture import LayerGeometry, default_unit
+    from bip_core.scoring import bip
+
+    options = {**bip.DEFAULTS, **(options or {})}
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    hidden, inter, tokens = config.hidden_size, config.intermediate_size, windows * seq_len
+    geometry = LayerGeometry(heads, kv, head_dim, inter, hidden)
+    unit = default_unit(geometry)
+    units, width = geometry.num_units(unit), len(geometry.unit_heads(unit, 0)[0]) * head_dim
+    mlp_pass = 2 * 3 * hidden * inter  # one token through gate, up and down
+    probed = bip.probe_tokens(tokens, units if options["lipschitz"] == "directional" else 0, options)
+    return {"forward": tokens * (2 * hidden * (2 * heads + 2 * kv) * head_dim + mlp_pass)
+                       + 2 * 2 * heads * head_dim * windows * seq_len * (seq_len + 1) / 2,
+            "covariance": units * width**2 * tokens * 2,
+            "probes": probed * ((units + 1) * mlp_pass + units * 2 * width * hidden),
+            "grams": units * width**2 * hidden * 2,
+            "probe tokens": probed, "units": units}
+
+
+def flop_table(args, sizes: list[int]) -> None:
+    """Prints layer_flops as shares of the forward, for each calibration size."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if args.shape == "default":
+        from bip_core.loading import resolve_folder
+
+        config = AutoConfig.from_pretrained(resolve_folder("default"))
+    else:
+        config = LlamaConfig(**SHAPES[args.shape])
+    print(f"\n{args.shape} model: FLOPs LLM-BIP adds to a plain forward, per layer (arithmetic, not timed)")
+    print(f"{'windows':>8} {'probe tokens':>13} {'covariance':>11} {'probes':>8} {'grams':>7} {'sum':>7}")
+    for windows in sizes:
+        f = layer_flops(config, windows, args.seq_len)
+        shares = {k: f[k] / f["forward"] for k in ("covariance", "probes", "grams")}
+        print(f"{windows:>8} {f['probe tokens']:>13} " + " ".join(f"{v:>{w}.1%}" for v, w in
+                                                                  zip(shares.values(), (11, 8, 7)))
+              + f" {sum(shares.values()):>7.1%}")
+
+
 def in_fresh_process(label: str, windows: int, args) -> dict:
     command = [sys.executable, __file__, "--only", label, "--windows", str(windows), "--seq-len",
                str(args.seq_len), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
@@ -275,10 +325,15 @@ def main(argv=None) -> int:
                         help="instead: in one process, LLM-BIP's statistics by kind as shares of a plain forward")
     parser.add_argument("--paired", action="store_true",
                         help="instead: in one process, --repeat rounds of plain forward then LLM-BIP, median ratio")
+    parser.add_argument("--flops", action="store_true",
+                        help="instead: the arithmetic LLM-BIP adds to a plain forward, per layer (no timing)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sizes = [args.samples] if args.samples else [int(w) for w in args.windows.split(",") if w.strip()]
+    if args.flops:
+        flop_table(args, sizes)
+        return 0
     if args.breakdown:
         for windows in sizes:
             breakdown(windows, args)

@@ -66,6 +66,17 @@ LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
 Mlp = Callable[[torch.Tensor], torch.Tensor]  # F(h) = MLP(RMSNorm2(h)), [..., hidden] -> [..., hidden]
 
 
+def probe_tokens(calibration_tokens: int | None, probed_units: int, options: dict) -> int:
+    """Tokens each probe uses: one MLP token-pass per `probe_share` calibration tokens, shared by the
+    gains (probed_units passes per token; 0 unless lipschitz="directional") and L (one), at least
+    MIN_PROBE_TOKENS, at most `lipschitz_tokens`: the probes cost a fixed share of the pass at every
+    calibration size (calibration_tokens None, or probe_share 0: lipschitz_tokens)."""
+    most, share = options["lipschitz_tokens"], options["probe_share"]
+    if calibration_tokens is None or share == 0:
+        return most
+    return min(most, max(MIN_PROBE_TOKENS, -(-calibration_tokens // (share * (probed_units + 1)))))
+
+
 # ---- the probes: pure functions of the probed tokens and the block's MLP output F there --------------
 def directional_change(f_h: torch.Tensor, f_moved: torch.Tensor,
                        delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,14 +192,7 @@ class Stats(LayerStats):
 
     # ---- the probes, on a few seeded tokens of the first batches --------------------------------------
     def probe_tokens(self) -> int:
-        """Tokens each probe uses: one MLP token-pass per `probe_share` calibration tokens, shared by
-        the gains (units passes per token) and L (one), at least MIN_PROBE_TOKENS, at most
-        `lipschitz_tokens`: the probes cost a fixed share of the pass at every calibration size."""
-        most, share = self.options["lipschitz_tokens"], self.options["probe_share"]
-        if self.planned_tokens is None or share == 0:
-            return most
-        passes = share * ((self.units if self.directional else 0) + 1)
-        return min(most, max(MIN_PROBE_TOKENS, -(-self.planned_tokens // passes)))
+        return probe_tokens(self.planned_tokens, self.units if self.directional else 0, self.options)
 
     def pick(self, tokens: int, wanted: int, device) -> torch.Tensor:
         return torch.randperm(tokens, generator=self.generator)[:wanted].to(device)
