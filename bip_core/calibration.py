@@ -97,6 +97,11 @@ def column_sum_of_squares(x: torch.Tensor, centre: torch.Tensor | float = 0.0) -
     return sum(column_sum((block - centre).square_()) for block in float_blocks(x))
 
 
+def column_sum_of_abs(x: torch.Tensor) -> torch.Tensor:
+    """sum over rows of |x|, float32 [..., 1, features], block by block (float_blocks)."""
+    return sum(column_sum(block.abs()) for block in float_blocks(x))
+
+
 class RunningMoments:
     """Mean and scatter (sum of squared deviations from the mean) over tokens, accumulated in place batch
     by batch about a fixed shift, the first batch's mean ("shifted data"): a variance stays accurate in

@@ -10,7 +10,8 @@ import torch
 
 from bip_core.architecture import block_parts, decoder_layers, model_geometry
 from bip_core import calibration
-from bip_core.calibration import RunningMoments, column_sum, column_sum_of_squares, weight_rows, weight_sums
+from bip_core.calibration import (RunningMoments, column_sum, column_sum_of_abs, column_sum_of_squares, weight_rows,
+                                  weight_sums)
 from bip_core.cli import main as cli_main
 from bip_core.data import calibration_windows
 from bip_core.errors import DataError, ScoresError
@@ -436,6 +437,8 @@ def test_running_moments_return_and_take_the_token_sum(covariance, dtype, monkey
     assert torch.allclose(column_sum(x[0].to(dtype)).double(), x[0].sum(0, keepdim=True), rtol=1e-6)
     assert torch.allclose(column_sum_of_squares(x[0].to(dtype), 100.0).double(),
                           (x[0] - 100).square().sum(0, keepdim=True), rtol=1e-5)
+    signed = x[0].to(dtype) - 100
+    assert torch.allclose(column_sum_of_abs(signed).double(), signed.double().abs().sum(0, keepdim=True), rtol=1e-5)
 
 
 def test_weight_sums_match_the_whole_weight_in_blocks(monkeypatch):

@@ -48,7 +48,8 @@ from typing import Callable
 
 import torch
 
-from ..calibration import BlockTaps, LayerStats, RunningMoments, column_sum_of_squares, weight_rows, weight_sums
+from ..calibration import (BlockTaps, LayerStats, RunningMoments, column_sum_of_abs, column_sum_of_squares, weight_rows,
+                           weight_sums)
 from .seeds import layer_generator
 from .units import unit_query_heads
 
@@ -185,7 +186,7 @@ class Stats(LayerStats):
         if aggregation == "std":
             self.channel_moments.add(m, total)
         elif aggregation == "mean_abs":
-            self.add("abs_m", m.float().abs().sum(0))  # sum_t |m_tj|
+            self.add("abs_m", column_sum_of_abs(m)[0])  # sum_t |m_tj|
         else:
             self.add("squared_m", column_sum_of_squares(m)[0])  # sum_t m_tj^2
         return total
