@@ -125,7 +125,8 @@ class RunningMoments:
         if self.count == 0:
             self.shift = total / n_b
             self.offset = torch.zeros_like(total)
-            self.shifted = torch.zeros_like(self._outer(self.shift) if self.covariance else total[..., 0, :])
+            features = total.shape[-1]
+            self.shifted = total.new_zeros(*total.shape[:-2], *((features,) * (2 if self.covariance else 1)))
         elif self.shifted.device != x.device:
             self.shift, self.offset, self.shifted = (t.to(x.device) for t in (self.shift, self.offset, self.shifted))
         if self.covariance:
@@ -138,11 +139,9 @@ class RunningMoments:
         return total
 
     @staticmethod
-    def _outer(d: torch.Tensor, into: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
-        """d^T d over d's rows ([..., rows, f] -> [..., f, f]), added in place to `into` (times alpha) if given."""
+    def _outer(d: torch.Tensor, into: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """into += alpha x d^T d over d's rows ([..., rows, f] -> [..., f, f]), in place."""
         rows = d.reshape(-1, *d.shape[-2:])
-        if into is None:
-            return (rows.mT @ rows).reshape(*d.shape[:-2], d.shape[-1], d.shape[-1])
         into.view(-1, *into.shape[-2:]).baddbmm_(rows.mT, rows, alpha=alpha)
         return into
 
