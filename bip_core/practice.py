@@ -15,6 +15,7 @@ default falls back to none, one pass.
 """
 from __future__ import annotations
 
+from .errors import BipError
 from .scores import has_mean_inputs, recommends_compensation
 
 PRACTICE = {  # method -> (compensation for centred scores, sequential)
@@ -35,10 +36,35 @@ def default_practice(scores) -> tuple[str, bool]:
     return compensation, sequential
 
 
+COMPENSATION_ALIASES = {True: "bias", "on": "bias", False: "none", "off": "none", None: "none"}
+
+
+def resolve_compensation(setting, scores) -> str:
+    """none / bias / refit; 'auto' = the method's default practice (bip_core.practice); on/off/True/False:
+    bias/none."""
+    from .sequential import COMPENSATIONS
+
+    setting = COMPENSATION_ALIASES.get(setting, setting)
+    if setting == "auto":
+        return default_practice(scores)[0]
+    if setting not in COMPENSATIONS:
+        raise BipError(f"compensation must be auto, {', '.join(COMPENSATIONS)} (got {setting!r}).")
+    return setting
+
+
+def resolve_sequential(setting, scores) -> bool:
+    """'auto': the method's default practice (Wanda-sp and LLM-BIP layer by layer); else the boolean asked."""
+    if setting == "auto":
+        return default_practice(scores)[1]
+    if setting not in (True, False):
+        raise BipError(f"sequential must be 'auto', True or False (got {setting!r}).")
+    return setting
+
+
 def practice_text() -> str:
     """'bip refit + sequential, flap bias, ...': the table as the CLI's help shows it."""
     return ", ".join(f"{method} {compensation}{' + sequential' if sequential else ''}"
                      for method, (compensation, sequential) in PRACTICE.items())
 
 
-__all__ = ["default_practice", "practice_text", "PRACTICE"]
+__all__ = ["default_practice", "practice_text", "resolve_compensation", "resolve_sequential", "PRACTICE"]

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import BipError, PlanError
+from .errors import PlanError
 from .options import parse_options
 from .perplexity import paper_split, perplexity
-from .practice import default_practice
+from .practice import resolve_compensation, resolve_sequential
 from .scores import is_centred, recommends_compensation  # noqa: F401  (is_centred: sweep's old name)
 
 COLUMNS = ["method", "allocation", "ratio", "ppl", "nll", "params", "params_attention_mlp", "removed_attention_mlp",
@@ -53,31 +53,6 @@ def parse_method(spec: str) -> tuple[str, dict]:
     """'bip:aggregation=rms:lipschitz=zero' -> ('bip', {'aggregation': 'rms', 'lipschitz': 'zero'})."""
     name, *items = [part.strip() for part in spec.split(":")]
     return name, parse_options(items, f"Method '{spec}'", "bip:aggregation=rms")
-
-
-COMPENSATION_ALIASES = {True: "bias", "on": "bias", False: "none", "off": "none", None: "none"}
-
-
-def resolve_compensation(setting, scores) -> str:
-    """none / bias / refit; 'auto' = the method's default practice (bip_core.practice); on/off/True/False:
-    bias/none."""
-    from .sequential import COMPENSATIONS
-
-    setting = COMPENSATION_ALIASES.get(setting, setting)
-    if setting == "auto":
-        return default_practice(scores)[0]
-    if setting not in COMPENSATIONS:
-        raise BipError(f"compensation must be auto, {', '.join(COMPENSATIONS)} (got {setting!r}).")
-    return setting
-
-
-def resolve_sequential(setting, scores) -> bool:
-    """'auto': the method's default practice (Wanda-sp and LLM-BIP layer by layer); else the boolean asked."""
-    if setting == "auto":
-        return default_practice(scores)[1]
-    if setting not in (True, False):
-        raise BipError(f"sequential must be 'auto', True or False (got {setting!r}).")
-    return setting
 
 
 def write_chart(table: pd.DataFrame, path, title: str | None = None) -> Path:

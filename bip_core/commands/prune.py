@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..practice import PRACTICE, default_practice, practice_text
+from ..practice import PRACTICE, practice_text, resolve_compensation, resolve_sequential
 from .common import add_device_arguments, add_model_argument, load_kwargs, print_json
 from .plan import add_plan_arguments, plan_from_args
 
@@ -79,14 +79,14 @@ def _base(args, spec: str) -> Base:
 def _practice(args, plan, scores) -> tuple[str, bool]:
     """(compensation, sequential): as asked, and what is not asked as the method's practice
     (bip_core.practice), which needs the scores: without them, none and one pass (said on stderr)."""
-    asked = "bias" if args.bias_compensation and args.compensation == "auto" else args.compensation
+    compensation = "bias" if args.bias_compensation and args.compensation == "auto" else args.compensation
+    sequential = "auto" if args.sequential is None else args.sequential
     if scores is None:
-        if asked == "auto" and args.sequential is None and PRACTICE.get(plan.meta.get("method")):
+        if (compensation, sequential) == ("auto", "auto") and PRACTICE.get(plan.meta.get("method")):
             print(f"note: no --scores, so pruned without compensation in one pass; {plan.meta.get('method')}'s "
                   "practice (--compensation auto) needs the scores.", file=sys.stderr)
-        return ("none" if asked == "auto" else asked), bool(args.sequential)
-    compensation, sequential = default_practice(scores)
-    return (compensation if asked == "auto" else asked), (sequential if args.sequential is None else args.sequential)
+        return ("none" if compensation == "auto" else compensation), sequential is True
+    return resolve_compensation(compensation, scores), resolve_sequential(sequential, scores)
 
 
 def _check_scores(args, plan, scores) -> None:
