@@ -239,7 +239,7 @@ def layer_flops(config, windows: int, seq_len: int, options: dict | None = None)
             "covariance": units * width**2 * tokens * 2,
             "probes": probed * ((units + 1) * mlp_pass + units * 2 * width * hidden),
             "grams": units * width**2 * hidden * 2,
-            "probe tokens": probed, "units": units}
+            "probe tokens": probed}
 
 
 def flop_table(args, sizes: list[int]) -> None:
