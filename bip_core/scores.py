@@ -29,9 +29,10 @@ intermediate / hidden) still load; their geometry is read into the format 2 reco
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .architecture import UNIT_KINDS, LayerGeometry, check_geometry, geometry_from_record, geometry_record
 from .atomic import write_text_atomic
@@ -58,12 +59,17 @@ def recommends_compensation(scores) -> bool:
 
 
 def _numbers(values, where: str) -> list[float]:
-    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                               for v in values):
+    """values as floats, checked in one numpy conversion (a Llama-2-7B's scores hold 350,000 numbers):
+    a flat list of numbers (not strings, lists or nulls; a list of booleans is refused too), all finite."""
+    try:
+        array = np.array(values) if isinstance(values, list) else None
+    except ValueError:  # ragged nested lists
+        array = None
+    if array is None or array.ndim != 1 or array.dtype.kind not in "iuf":
         raise ScoresError(f"{where} must be a list of numbers.")
-    if not all(math.isfinite(v) for v in values):
+    if not np.isfinite(array).all():
         raise ScoresError(f"{where} holds NaN or infinite scores; score the model again.")
-    return [float(v) for v in values]
+    return array.astype(np.float64).tolist()
 
 
 @dataclass
