@@ -12,7 +12,8 @@ pipeline and the per-layer loops of FLAP and Wanda work this way:
    arguments the decoder hands its layers (position embeddings, attention mask, ...): only the
    embeddings (and the rotary embedding) are onloaded, and a catcher in place of layer 0 stops the
    decoder there.
-2. For each layer: onload a copy of it (`weights.get` onto `device` in `dtype`), run every batch
+2. For each layer: onload a copy of it (`weights.get` onto `device` in `dtype`; a model in memory that is
+   already there and is only read, with no `after_layer`, is used as it is), run every batch
    through it with the metric's taps (bip_core.calibration's TapGroup and LayerStats, exactly as the
    one-pass driver does), finish the layer's statistics, call `after_layer(i, layer, entry)`, keep the
    layer's outputs as the next layer's inputs (on `device`, in `dtype`), and drop the copy.
@@ -98,6 +99,28 @@ def onload(model: nn.Module, module: nn.Module, weights, device, dtype) -> nn.Mo
     return twin.to(device).eval()  # buffers too
 
 
+def readable_in_place(model: nn.Module, module: nn.Module, weights, device, dtype) -> bool:
+    """Whether `module` itself can stand in for its onloaded copy: its weights are `weights` (the model in
+    memory, bip_core.weights.ModuleWeights) and already sit on `device`, the floating ones in `dtype`.
+    Statistics only read a layer, so scoring a model in memory layer by layer then copies nothing; a pass
+    that changes layers (after_layer) always works on copies."""
+    from .weights import ModuleWeights
+
+    if not isinstance(weights, ModuleWeights) or weights.model is not model:
+        return False
+    device = torch.device(device) if device is not None else None
+    return all(p.device.type != "meta" and (device is None or p.device == device)
+               and (dtype is None or not p.is_floating_point() or p.dtype == dtype)
+               for p in module.parameters())
+
+
+def _on_device(model: nn.Module, module: nn.Module, weights, device, dtype, changes: bool) -> nn.Module:
+    """`module` to compute with: itself where it can be read in place and will not be changed, else a copy."""
+    if not changes and readable_in_place(model, module, weights, device, dtype):
+        return module
+    return onload(model, module, weights, device, dtype)
+
+
 def _rotary_on(decoder: nn.Module, device) -> nn.Module:
     rotary = decoder.rotary_emb
     if any(b.device.type == "meta" for b in rotary.buffers()):  # a skeleton made under torch.device("meta")
@@ -112,7 +135,7 @@ def capture_layer_inputs(model, weights, batches: list[torch.Tensor], device, dt
     saved = decoder.embed_tokens, decoder.rotary_emb, layers[0]
     inputs = LayerInputs()
     try:
-        decoder.embed_tokens = onload(model, decoder.embed_tokens, weights, device, dtype)
+        decoder.embed_tokens = _on_device(model, decoder.embed_tokens, weights, device, dtype, changes=False)
         decoder.rotary_emb = _rotary_on(decoder, device)
         layers[0] = _Catcher()
         with torch.no_grad():
@@ -166,7 +189,7 @@ def run_layerwise(model, weights, input_ids: torch.Tensor | None, stats: list[La
     inputs = capture_layer_inputs(model, weights, batches, device, dtype) if batches else None
     entries = []
     for i, skeleton_layer in enumerate(layers):
-        layer = onload(model, skeleton_layer, weights, device, dtype)
+        layer = _on_device(model, skeleton_layer, weights, device, dtype, changes=after_layer is not None)
         stats[i].bind(layer)
         if input_ids is not None:
             stats[i].begin(input_ids.numel())
@@ -197,5 +220,5 @@ def _calibrate_layer(layer: nn.Module, stats: LayerStats, inputs: LayerInputs, o
         taps.remove()
 
 
-__all__ = ["run_layerwise", "capture_layer_inputs", "onload", "LayerInputs", "check_layerwise", "decoder_of",
+__all__ = ["run_layerwise", "capture_layer_inputs", "onload", "readable_in_place", "LayerInputs", "check_layerwise", "decoder_of",
            "is_dispatched", "module_name"]

@@ -124,6 +124,22 @@ def test_progress_per_layer_per_batch(gqa_tiny, tokenizer):
     assert seen[0][2] == "bip: layer 1/3, batch 1/2"
 
 
+def test_scoring_a_model_in_memory_reads_its_layers_in_place(gqa_tiny, tokenizer, monkeypatch):
+    """Layer-wise scoring of a model already in memory on the device, in the dtype asked, copies no layer
+    (statistics only read it) and leaves no hook behind; another dtype onloads converted copies."""
+    import bip_core.pipeline as pipeline
+
+    copied = []
+    onload = pipeline.onload
+    monkeypatch.setattr(pipeline, "onload", lambda model, module, *a: copied.append(module) or onload(model, module, *a))
+    score(gqa_tiny, tokenizer, "bip", pipeline="layerwise", **CALIBRATION)
+    assert copied == []
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in gqa_tiny.modules())
+    score(gqa_tiny, tokenizer, "bip", pipeline="layerwise", dtype=torch.bfloat16, **CALIBRATION)
+    assert len(copied) == 1 + 3  # the embeddings and each of the 3 layers, as bfloat16 copies
+    assert next(gqa_tiny.parameters()).dtype == torch.float32
+
+
 def test_after_layer_changes_what_the_next_layers_see(gqa_tiny, tokenizer):
     """after_layer(i, layer, entry) may change the layer: layer 0's statistics are the dense ones, later layers
     see the outputs of the changed layer, as in a model where the change was made beforehand."""
