@@ -484,7 +484,8 @@ def test_probes_cost_a_fixed_share_of_the_pass_whatever_the_unit_count(default_l
     assert probe_rows <= tokens / 16 + units + 1
     options = dict(bip.DEFAULTS)
     stats = bip.Stats(default_loaded.model, 0, "kv_group", options, 0)
-    for planned, probed in ((16 * 128, 32), (64 * 128, 128), (256 * 128, 128), (4 * 128, bip.MIN_PROBE_TOKENS)):
+    sizes = ((16 * 128, 32), (64 * 128, 128), (256 * 128, 128), (4 * 128, 8), (128, bip.MIN_PROBE_TOKENS))
+    for planned, probed in sizes:
         stats.begin(planned)
         assert stats.probe_tokens() == probed
     stats = bip.Stats(default_loaded.model, 0, "kv_group", dict(options, probe_share=0), 0)
