@@ -160,11 +160,13 @@ class Stats(LayerStats):
         return heads.reshape(z.shape[0], self.units, self.unit_width).transpose(0, 1)
 
     def unit_grams(self, device) -> torch.Tensor:
-        if self.gram is None:  # G_g = W_g^T W_g, summed over blocks of o_proj's rows
-            self.gram = 0
+        if self.gram is None:  # G_g = W_g^T W_g, summed in place over blocks of o_proj's rows
             for rows in weight_rows(self.parts.o_proj):  # [rows, heads*head_dim]
                 w_units = self.unit_inputs(rows.to(device))  # [units, rows, unit_width]
-                self.gram = self.gram + w_units.transpose(1, 2) @ w_units
+                if self.gram is None:
+                    self.gram = w_units.mT @ w_units
+                else:
+                    self.gram.baddbmm_(w_units.mT, w_units)
         return self.gram
 
     def on_o_input(self, z):
