@@ -1,12 +1,21 @@
 """Shared fixtures: the real default model (loaded once) and small random models per family."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Files the app serves (e.g. the export zips, ~430 MB each) land in Gradio's cache, which the app empties only
+# after an hour: the suite gives Gradio a folder of its own and removes it at the end (the app servers of the
+# browser tests inherit it).
+if "GRADIO_TEMP_DIR" not in os.environ:
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="bip-tests-gradio-")
+    atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # A CPU suite: exact float32 comparisons against CPU tensors. load_model's device="auto" would pick a GPU
 # (and bfloat16) where there is one, so GPUs stay hidden unless CUDA_VISIBLE_DEVICES is set explicitly.
