@@ -6,10 +6,12 @@ plan, pruned model, measurements and export files are this session's alone. `fre
 the registry calls it when the tab closes (demo.unload), when Gradio deletes the state, or when the
 session has been idle longer than BIP_SESSION_TTL. A session closed while its job runs is marked
 `closed`: the job stops at its next progress report (`check_open` raises SessionClosed) and the
-session is freed when the job ends, so an abandoned job never holds a slot for long.
+session is freed when the job ends, so an abandoned job never holds a slot for long. When the
+process exits, the folders of the sessions still open are removed too.
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import shutil
 import tempfile
@@ -20,6 +22,14 @@ from pathlib import Path
 
 MAX_SCORE_RUNS = 8  # scores runs kept for comparison; the oldest inactive one goes first
 MAX_RESULT_ROWS = 200  # measurement rows kept in the Compare tab; the oldest go first
+_LIVE_FOLDERS: set[Path] = set()  # the folders of sessions not freed yet (exports of hundreds of MB each)
+
+
+@atexit.register
+def _remove_live_folders() -> None:
+    """When the app stops, remove the files of the sessions still open, as free() would have."""
+    for folder in list(_LIVE_FOLDERS):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class SessionClosed(Exception):
@@ -96,6 +106,7 @@ class StudioSession:
         """A private folder for this session's files (exports); removed by free()."""
         if self._tmp is None or not self._tmp.exists():
             self._tmp = Path(tempfile.mkdtemp(prefix="bip-session-"))
+            _LIVE_FOLDERS.add(self._tmp)
         return self._tmp
 
     def free(self) -> None:
@@ -104,6 +115,7 @@ class StudioSession:
         self.reset_model(None)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            _LIVE_FOLDERS.discard(self._tmp)
             self._tmp = None
         self.calibration = None  # its file was in the folder just removed
         gc.collect()

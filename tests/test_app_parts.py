@@ -2,6 +2,7 @@
 cap), sessions and their cleanup, the job guard, and the figure builders."""
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -70,6 +71,24 @@ def test_size_cap_before_and_after_loading(tmp_path):
     assert roomy.get("a") is first  # loaded once, shared
     roomy.get("b"), roomy.get("c")
     assert roomy.loaded_specs() == ["b", "c"]  # keeps the two most recent
+
+
+def test_session_files_are_removed_when_the_app_stops():
+    """A session still open when the process exits leaves no folder behind (its exports are large)."""
+    import subprocess
+    import sys
+
+    code = ("from components.session import StudioSession; s = StudioSession(); f = s.tmp_dir(); "
+            "(f / 'export.zip').write_bytes(b'x' * 1000); print(f)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
+    folder = Path(run.stdout.strip())
+    assert folder.name.startswith("bip-session-") and not folder.exists()
+    session = StudioSession()
+    kept = session.tmp_dir()
+    session.free()
+    assert not kept.exists()
 
 
 def test_sessions_are_freed_on_release_and_when_idle():
