@@ -102,6 +102,14 @@ def column_sum_of_abs(x: torch.Tensor) -> torch.Tensor:
     return sum(column_sum(block.abs()) for block in float_blocks(x))
 
 
+def add_outer(into: torch.Tensor, d: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """into += alpha x d^T d over d's rows ([..., rows, f] -> [..., f, f]; `into` contiguous), in place, with
+    no [..., f, f] temporary; returns `into`. Scatter matrices and Gram matrices accumulate this way."""
+    rows = d.reshape(-1, *d.shape[-2:])
+    into.view(-1, *into.shape[-2:]).baddbmm_(rows.mT, rows, alpha=alpha)
+    return into
+
+
 class RunningMoments:
     """Mean and scatter (sum of squared deviations from the mean) over tokens, accumulated in place batch
     by batch about a fixed shift, the first batch's mean ("shifted data"): a variance stays accurate in
@@ -131,19 +139,12 @@ class RunningMoments:
             self.shift, self.offset, self.shifted = (t.to(x.device) for t in (self.shift, self.offset, self.shifted))
         if self.covariance:
             d = torch.empty(x.shape, device=x.device)  # contiguous and float32 whatever x's strides and dtype
-            self._outer(torch.sub(x, self.shift, out=d), into=self.shifted)
+            add_outer(self.shifted, torch.sub(x, self.shift, out=d))
         else:
             self.shifted += column_sum_of_squares(x, self.shift)[..., 0, :]
         self.offset += total - n_b * self.shift
         self.count += n_b
         return total
-
-    @staticmethod
-    def _outer(d: torch.Tensor, into: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-        """into += alpha x d^T d over d's rows ([..., rows, f] -> [..., f, f]), in place."""
-        rows = d.reshape(-1, *d.shape[-2:])
-        into.view(-1, *into.shape[-2:]).baddbmm_(rows.mT, rows, alpha=alpha)
-        return into
 
     @property
     def mean(self) -> torch.Tensor | None:  # [..., 1, features]
@@ -158,7 +159,7 @@ class RunningMoments:
 
     def _about_mean(self, scatter: torch.Tensor) -> torch.Tensor:
         if self.covariance:
-            return self._outer(self.offset, into=scatter, alpha=-1 / self.count)
+            return add_outer(scatter, self.offset, alpha=-1 / self.count)
         return scatter.sub_(self.offset[..., 0, :].square() / self.count)
 
     def take_m2(self) -> torch.Tensor:

@@ -36,6 +36,7 @@ from torch import nn
 from .architecture import decoder_layers
 from .calibration import LayerStats, Progress, ProgressCounter, TapGroup, first_output
 from .errors import ScoresError
+from .weights import ModuleWeights
 
 # (layer index, onloaded layer, its finished entry) -> True when it changed the layer (its outputs are then
 # computed again); None or False: the outputs of the calibration pass are passed on as they are
@@ -104,8 +105,6 @@ def readable_in_place(model: nn.Module, module: nn.Module, weights, device, dtyp
     memory, bip_core.weights.ModuleWeights) and already sit on `device`, the floating ones in `dtype`.
     Statistics only read a layer, so scoring a model in memory layer by layer then copies nothing; a pass
     that changes layers (after_layer) always works on copies."""
-    from .weights import ModuleWeights
-
     if not isinstance(weights, ModuleWeights) or weights.model is not model:
         return False
     device = torch.device(device) if device is not None else None
@@ -220,5 +219,5 @@ def _calibrate_layer(layer: nn.Module, stats: LayerStats, inputs: LayerInputs, o
         taps.remove()
 
 
-__all__ = ["run_layerwise", "capture_layer_inputs", "onload", "readable_in_place", "LayerInputs", "check_layerwise", "decoder_of",
-           "is_dispatched", "module_name"]
+__all__ = ["run_layerwise", "capture_layer_inputs", "onload", "readable_in_place", "LayerInputs", "check_layerwise",
+           "decoder_of", "is_dispatched", "module_name"]

@@ -48,8 +48,8 @@ from typing import Callable
 
 import torch
 
-from ..calibration import (BlockTaps, LayerStats, RunningMoments, column_sum_of_abs, column_sum_of_squares, weight_rows,
-                           weight_sums)
+from ..calibration import (BlockTaps, LayerStats, RunningMoments, add_outer, column_sum_of_abs, column_sum_of_squares,
+                           weight_rows, weight_sums)
 from .seeds import layer_generator
 from .units import unit_query_heads
 
@@ -161,12 +161,10 @@ class Stats(LayerStats):
 
     def unit_grams(self, device) -> torch.Tensor:
         if self.gram is None:  # G_g = W_g^T W_g, summed in place over blocks of o_proj's rows
+            gram = torch.zeros(self.units, self.unit_width, self.unit_width, device=device)
             for rows in weight_rows(self.parts.o_proj):  # [rows, heads*head_dim]
-                w_units = self.unit_inputs(rows.to(device))  # [units, rows, unit_width]
-                if self.gram is None:
-                    self.gram = w_units.mT @ w_units
-                else:
-                    self.gram.baddbmm_(w_units.mT, w_units)
+                add_outer(gram, self.unit_inputs(rows.to(device)))  # [units, rows, unit_width]
+            self.gram = gram
         return self.gram
 
     def on_o_input(self, z):
