@@ -1,6 +1,7 @@
 """Ablations of LLM-BIP's open choices (METHOD.md section 2), decided on the VALID split.
 
     .venv/bin/python benchmarks/ablations.py [--windows 64] [--out results/ablations.csv]
+    .venv/bin/python benchmarks/ablations.py --only "LABEL;LABEL" --keep-others   # rerun some rows of --out
 
 Each variant is scored once on wiki-bb train (64 x 128 tokens, seed 0, unless it varies that),
 pruned at attention+MLP ratios 0.2 and 0.5, and evaluated on wiki-bb VALID (paper protocol, the
@@ -54,12 +55,20 @@ VARIANTS = [
 ]
 
 
+def in_variant_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered as VARIANTS (the dense row first; a rerun variant keeps its place in the tables)."""
+    order = {"dense": -1, **{label: i for i, (label, *_rest) in enumerate(VARIANTS)}}
+    return table.sort_values("method", key=lambda m: m.map(order).fillna(len(order)), kind="stable")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--ratios", default="0.2,0.5")
     parser.add_argument("--only", default=None, help="semicolon-separated variant labels to run (default all)")
     parser.add_argument("--out", default="results/ablations.csv")
+    parser.add_argument("--keep-others", action="store_true",
+                        help="with --only: keep --out's rows of the other variants (and its dense row), replace these")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -69,7 +78,10 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tables = []
-    dense = True
+    if args.keep_others and args.only and out.exists():
+        kept = pd.read_csv(out)
+        tables.append(kept[~kept["method"].isin(args.only.split(";"))])
+    dense = not any((table["method"] == "dense").any() for table in tables)
     for label, spec, compensation, variant_allocations, samples, seed in VARIANTS:
         if args.only and label not in args.only.split(";"):
             continue
@@ -80,11 +92,11 @@ def main() -> int:
         dense = False
         table.loc[table["method"] == spec, "method"] = label
         tables.append(table)
-        full = pd.concat(tables, ignore_index=True)
+        full = in_variant_order(pd.concat(tables, ignore_index=True))
         full.to_csv(out, index=False)
         print(f"{label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         print(table[["method", "allocation", "ratio", "ppl"]].to_string(index=False), flush=True)
-    full = pd.concat(tables, ignore_index=True)
+    full = in_variant_order(pd.concat(tables, ignore_index=True))
     write_chart(full, out.with_suffix(".html"), "Ablations on wiki-bb valid")
     pivot = full[full["method"] != "dense"].pivot_table(index="method", columns=["ratio", "allocation"], values="ppl",
                                                         sort=False)
