@@ -10,8 +10,8 @@ import torch
 
 from bip_core.architecture import block_parts, decoder_layers, model_geometry
 from bip_core import calibration
-from bip_core.calibration import (RunningMoments, column_sum, column_sum_of_abs, column_sum_of_squares, weight_rows,
-                                  weight_sums)
+from bip_core.calibration import (RunningMoments, centred_column_sums, column_sum, column_sum_of_abs,
+                                  column_sum_of_squares, weight_rows, weight_sums)
 from bip_core.cli import main as cli_main
 from bip_core.data import calibration_windows
 from bip_core.errors import DataError, ScoresError
@@ -439,6 +439,12 @@ def test_running_moments_return_and_take_the_token_sum(covariance, dtype, monkey
                           (x[0] - 100).square().sum(0, keepdim=True), rtol=1e-5)
     signed = x[0].to(dtype) - 100
     assert torch.allclose(column_sum_of_abs(signed).double(), signed.double().abs().sum(0, keepdim=True), rtol=1e-5)
+    raw = x[0].to(dtype)
+    before = raw.clone()
+    deviation, squares = centred_column_sums(raw, torch.full((1, 7), 100.0))  # both from one read, block by block
+    assert torch.equal(raw, before)  # float32 blocks are views of x: they are not changed in place
+    assert torch.allclose(deviation.double(), (x[0] - 100).sum(0, keepdim=True), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(squares.double(), (x[0] - 100).square().sum(0, keepdim=True), rtol=1e-5)
 
 
 def test_weight_sums_match_the_whole_weight_in_blocks(monkeypatch):

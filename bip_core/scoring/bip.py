@@ -184,11 +184,11 @@ class Stats(LayerStats):
 
     # ---- channels: mean_t |m_tj| --------------------------------------------------------------------
     def on_down_input(self, m):
-        total = super().on_down_input(m)  # [1, intermediate]
         aggregation = self.options["aggregation"]
-        if aggregation == "std":
-            self.channel_moments.add(m, total)
-        elif aggregation == "mean_abs":
+        if aggregation == "std":  # the moments sum m in the same read as its squares
+            return super().on_down_input(m, self.channel_moments.add(m))
+        total = super().on_down_input(m)  # [1, intermediate]
+        if aggregation == "mean_abs":
             self.add("abs_m", column_sum_of_abs(m)[0])  # sum_t |m_tj|
         else:
             self.add("squared_m", column_sum_of_squares(m)[0])  # sum_t m_tj^2

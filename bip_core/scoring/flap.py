@@ -41,10 +41,10 @@ class Stats(LayerStats):
         self.o_moments, self.down_moments = RunningMoments(), RunningMoments()
 
     def on_o_input(self, z):
-        return self.o_moments.add(z, super().on_o_input(z))
+        return super().on_o_input(z, self.o_moments.add(z))
 
     def on_down_input(self, m):
-        return self.down_moments.add(m, super().on_down_input(m))
+        return super().on_down_input(m, self.down_moments.add(m))
 
     def finish(self):
         out = super().finish()
