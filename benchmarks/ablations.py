@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/ablations.py --only "LABEL;LABEL" --keep-others   # rerun some rows of --out
 
 Each variant is scored once on wiki-bb train (64 x 128 tokens, seed 0, unless it varies that),
-pruned at attention+MLP ratios 0.2 and 0.5, and evaluated on wiki-bb VALID (paper protocol, the
+pruned in one pass (not sequentially; bias compensation where the variant says "+comp") at
+attention+MLP ratios 0.2 and 0.5, and evaluated on wiki-bb VALID (paper protocol, the
 first --windows windows) so that the test split is never used to choose settings. The first
 variant is the default configuration under every allocation; each other variant changes one
 choice (see VARIANTS). Writes results/ablations.csv, results/ablations_pivot.csv and a chart.
@@ -87,7 +88,8 @@ def main() -> int:
             continue
         t0 = time.perf_counter()
         table = sweep(loaded.model, loaded.tokenizer, [spec], ratios, variant_allocations, samples=samples,
-                      seed=seed, ppl_split="valid", windows=args.windows, compensation=compensation, dense=dense,
+                      seed=seed, ppl_split="valid", windows=args.windows, compensation=compensation,
+                      sequential=False, dense=dense,
                       model_name="SmolLM2-135M-Instruct")
         dense = False
         table.loc[table["method"] == spec, "method"] = label
