@@ -5,6 +5,7 @@ forward pass over the same calibration tokens and next to every baseline.
         [--pipeline whole|layerwise] [--methods "bip,flap,..."] [--repeat 2] [--threads 1] [--json out.json]
     .venv/bin/python benchmarks/score_cost.py --breakdown [--windows 16,128]   # where LLM-BIP's extra time goes
     .venv/bin/python benchmarks/score_cost.py --shape 7b --layers 1 --dtype float32 --windows 16,64 --paired --repeat 5
+    .venv/bin/python benchmarks/score_cost.py --paired --windows 16,64 --repeat 7 --bip-option probe_share=64
     .venv/bin/python benchmarks/score_cost.py --flops --shape 7b --windows 16,64,256   # arithmetic only, no timing
 
 --shape: the default model, or a random model of a benchmarks/scale.py shape (a config-only folder,
@@ -173,6 +174,11 @@ def breakdown(windows: int, args) -> None:
         print(f"  {kind:<34} {spent[kind]:7.2f} s {spent[kind] / plain:7.1%} of the plain forward")
 
 
+def bip_options(args) -> dict:
+    """--bip-option KEY=VALUE pairs (LLM-BIP's options other than its defaults; --paired only)."""
+    return dict(pair.split("=", 1) for pair in args.bip_option)
+
+
 def paired(windows: int, args) -> dict:
     """In one process: --repeat rounds of a plain forward then LLM-BIP on the same model and tokens; prints
     each round's ratio of CPU seconds and their median (steadier than best-of on a machine whose speed wanders)."""
@@ -195,7 +201,7 @@ def paired(windows: int, args) -> dict:
 
     def bip():
         score(model, tokenizer, "bip", samples=windows, seq_len=args.seq_len, batch_size=args.batch_size,
-              pipeline=args.pipeline)
+              pipeline=args.pipeline, **bip_options(args))
 
     def cpu_seconds(work) -> float:
         started = time.process_time()
@@ -325,6 +331,8 @@ def main(argv=None) -> int:
                         help="instead: in one process, LLM-BIP's statistics by kind as shares of a plain forward")
     parser.add_argument("--paired", action="store_true",
                         help="instead: in one process, --repeat rounds of plain forward then LLM-BIP, median ratio")
+    parser.add_argument("--bip-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --paired: an LLM-BIP option other than its default (e.g. probe_share=64)")
     parser.add_argument("--flops", action="store_true",
                         help="instead: the arithmetic LLM-BIP adds to a plain forward, per layer (no timing)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one measurement
@@ -344,7 +352,7 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps({"seq_len": args.seq_len, "batch_size": args.batch_size,
                                                    "threads": args.threads, "pipeline": args.pipeline,
                                                    "shape": args.shape, "layers": args.layers, "dtype": args.dtype,
-                                                   "paired": figures}, indent=2))
+                                                   "bip_options": bip_options(args), "paired": figures}, indent=2))
         return 0
     if args.only:
         import torch

@@ -471,33 +471,33 @@ def test_probes_share_one_mlp_pass():
 
 
 def test_probes_cost_a_fixed_share_of_the_pass_whatever_the_unit_count(default_loaded, tokenizer):
-    """The gain and L probes together run one MLP token-pass per `probe_share` (64) calibration tokens, so a
+    """The gain and L probes together run one MLP token-pass per `probe_share` (16) calibration tokens, so a
     layer with many units (16 heads here, like a 7B layer's 32) does not pay (units + 1) x the probe tokens,
-    and the probes use at least MIN_PROBE_TOKENS tokens; the default model's probes use 8, 32 and 128 tokens
-    at 16, 64 and 256 x 128."""
+    and the probes use at least MIN_PROBE_TOKENS tokens; the default model's probes use 32 tokens at 16 x 128
+    and 128 (the most, lipschitz_tokens) from 64 x 128 up."""
     from bip_core.scoring import bip
 
     share = bip.DEFAULTS["probe_share"]
-    assert share == 64
+    assert share == 16
     model = random_model(tiny_config("llama", gqa=False, layers=1, heads=16), seed=0)
     mlp = block_parts(model, 0).mlp
     rows = []
     handle = mlp.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[:-1].numel()))
     try:
-        for samples in (32, 128):
+        for samples in (2, 32):
             rows.clear()
             score(model, tokenizer, "bip", source="wiki-bb", samples=samples, seq_len=128, seed=0)
             tokens, units = samples * 128, 16
             probe_rows = sum(rows) - tokens  # the block's own MLP passes carry every calibration token once
             per_probe = max(bip.MIN_PROBE_TOKENS, -(-tokens // (share * (units + 1))))
-            assert probe_rows == (units + 1) * per_probe  # 17 x 4 tokens, then 17 x 16
+            assert probe_rows == (units + 1) * per_probe  # 17 x 4 tokens (the floor), then 17 x 16
             assert probe_rows <= max(tokens / share + units + 1, (units + 1) * bip.MIN_PROBE_TOKENS)
     finally:
         handle.remove()
     assert per_probe == 16
     options = dict(bip.DEFAULTS)
     stats = bip.Stats(default_loaded.model, 0, "kv_group", options, 0)
-    sizes = ((16 * 128, 8), (64 * 128, 32), (256 * 128, 128), (1024 * 128, 128), (4 * 128, bip.MIN_PROBE_TOKENS),
+    sizes = ((16 * 128, 32), (64 * 128, 128), (256 * 128, 128), (4 * 128, 8), (2 * 128, bip.MIN_PROBE_TOKENS),
              (128, bip.MIN_PROBE_TOKENS))
     for planned, probed in sizes:
         stats.begin(planned)

@@ -18,10 +18,10 @@ How far the MLP after the attention carries a unit's change into the block outpu
 
 The probes cost a fixed share of the pass, whatever the calibration size and the number of units:
 the gains take units MLP token-passes per probed token and L one, and together they run one MLP
-token-pass per `probe_share` (64) calibration tokens, so each probe uses
+token-pass per `probe_share` (16) calibration tokens, so each probe uses
 k = min(lipschitz_tokens, max(4, calibration tokens / (probe_share x (units + 1)))) tokens drawn at
-random (seeded) from the first calibration batches (on the default model, 3 units: 8 at 16 x 128,
-32 at 64 x 128, 128 at 256 x 128; on a Llama-2-7B layer, 32 heads: 4), all in one MLP call, reusing F(h) from
+random (seeded) from the first calibration batches (on the default model, 3 units: 32 at 16 x 128,
+128 at 64 x 128; on a Llama-2-7B layer, 32 heads: 4 and 16), all in one MLP call, reusing F(h) from
 the block's own pass (probe_share=0: every calibration token, up to lipschitz_tokens). L_l is always
 estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
 "lipschitz" is the L_l the score used, "unit_gain" the directional factors. L_l is a local,
@@ -55,11 +55,12 @@ from .units import unit_query_heads
 
 PASS = "forward"
 DEFAULTS = {"aggregation": "std", "lipschitz": "directional", "lipschitz_quantile": 1.0,
-            "lipschitz_tokens": 128, "probe_share": 64, "lipschitz_eps": 0.01}
+            "lipschitz_tokens": 128, "probe_share": 16, "lipschitz_eps": 0.01}
 CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("directional", "measured", "zero")}
 # probes of small calibrations (or of many units) use at least this many tokens: 4 tokens per unit prune as well
-# as 32 (benchmarks/probe_share.py --perplexity, results/probe_share_ppl.csv); probe_share=64 (one MLP token-pass
-# in 64: about 1% of a forward) prunes as well as 16 at 16 x 128 and 64 x 128 (results/probe_share_ppl_64.csv)
+# as 32 under global-energy (benchmarks/probe_share.py --perplexity, results/probe_share_ppl*.csv). probe_share stays
+# 16: 64 (a quarter of the probe tokens, ~3.5% less work on the default model) prunes as well under global-energy but
+# 7-8% worse under uniform and global-std at 0.2 (seed means; results/probe_share_uniform.csv)
 MIN_PROBE_TOKENS = 4
 LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
           "lipschitz_tokens": (lambda n: n >= 1, ">= 1"),
