@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/probe_share.py --perplexity --windows 16 --shares 16,64,128 --min-tokens 4 \
         --seeds 0,1,2 [--compensation bias] [--out results/probe_share_ppl.csv]
     .venv/bin/python benchmarks/probe_share.py --perplexity --windows 64 --shares 16,64 --min-tokens 4 \
-        --out results/probe_share_ppl_64.csv      (the evidence for the default probe_share=64)
+        --out results/probe_share_ppl_64.csv      (64 x 128, global-energy; README: why 16 stays the default)
 
 Scores the default model (wiki-bb train, --windows x 128 tokens, seed 0) once per `probe_share` (calibration
 tokens per probe MLP token-pass; with the default model's 3 units and L, each probe uses one token in 4 x share,

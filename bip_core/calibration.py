@@ -100,8 +100,8 @@ def column_sum_of_squares(x: torch.Tensor, centre: torch.Tensor | float = 0.0) -
 def centred_column_sums(x: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum over rows of x - centre, sum over rows of (x - centre)^2), float32 [..., 1, features] each, in one
     read of x: block by block (float_blocks), each block's difference made once (into one reused buffer when
-    the blocks are views of x) and summed twice while it is in cache. A running mean and variance of an
-    activation that has just left the cache cost about two thirds of a column sum plus a sum of squares."""
+    the blocks are views of x) and summed twice while it is in cache, instead of a column sum and then a sum
+    of squares that each read x."""
     first = second = scratch = None
     for block in float_blocks(x):
         if block.dtype == x.dtype:  # a view of x (float32 already): do not change it
