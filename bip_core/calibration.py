@@ -92,12 +92,7 @@ def column_sum(x: torch.Tensor) -> torch.Tensor:
     return torch.ones(1, x.shape[-2], dtype=x.dtype, device=x.device) @ x
 
 
-def column_sum_of_squares(x: torch.Tensor, centre: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """sum over rows of (x - centre)^2, float32 [..., 1, features], block by block (float_blocks)."""
-    return sum(column_sum((block - centre).square_()) for block in float_blocks(x))
-
-
-def centred_column_sums(x: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def centred_column_sums(x: torch.Tensor, centre: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum over rows of x - centre, sum over rows of (x - centre)^2), float32 [..., 1, features] each, in one
     read of x: block by block (float_blocks), each block's difference made once (into one reused buffer when
     the blocks are views of x) and summed twice while it is in cache, instead of a column sum and then a sum

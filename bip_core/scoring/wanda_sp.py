@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..calibration import LayerStats, column_sum_of_squares, weight_sums
+from ..calibration import LayerStats, centred_column_sums, weight_sums
 from .units import per_unit
 
 PASS = "forward"
@@ -29,12 +29,14 @@ def column_scores(linear, squared_input_norm: torch.Tensor) -> torch.Tensor:
 
 class Stats(LayerStats):
     def on_o_input(self, z):
-        super().on_o_input(z)
-        self.add("o_input_sq", column_sum_of_squares(z)[0])  # ||X_j||^2
+        total, squares = centred_column_sums(z, 0.0)  # the sum and ||X_j||^2 from one read of z
+        self.add("o_input_sq", squares[0])
+        return super().on_o_input(z, total)
 
     def on_down_input(self, m):
-        super().on_down_input(m)
-        self.add("down_input_sq", column_sum_of_squares(m)[0])
+        total, squares = centred_column_sums(m, 0.0)
+        self.add("down_input_sq", squares[0])
+        return super().on_down_input(m, total)
 
     def finish(self):
         out = super().finish()
