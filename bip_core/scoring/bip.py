@@ -18,11 +18,14 @@ How far the MLP after the attention carries a unit's change into the block outpu
 
 The probes cost a fixed share of the pass, whatever the calibration size and the number of units:
 the gains take units MLP token-passes per probed token and L one, and together they run one MLP
-token-pass per `probe_share` (16) calibration tokens, so each probe uses
-k = min(lipschitz_tokens, max(4, calibration tokens / (probe_share x (units + 1)))) tokens drawn at
-random (seeded) from the first calibration batches (on the default model, 3 units: 32 at 16 x 128,
-128 at 64 x 128; on a Llama-2-7B layer, 32 heads: 4 and 16), all in one MLP call, reusing F(h) from
-the block's own pass (probe_share=0: every calibration token, up to lipschitz_tokens). L_l is always
+token-pass per `probe_share` (64) calibration tokens, so each probe uses
+k = min(lipschitz_tokens, max(4, calibration tokens / (probe_share x (units + 1)))) tokens drawn
+(seeded) from the first calibration batches (on the default model, 3 units: 8 at 16 x 128, 32 at
+64 x 128, 128 at 256 x 128; on a Llama-2-7B layer, 32 heads: 4 up to 64 x 128, 16 at 256 x 128), all in
+one MLP call, reusing F(h) from the block's own pass (probe_share=0: every calibration token, up to
+lipschitz_tokens). The gain probe's tokens are drawn by `probe_sampling` (PROBE_SAMPLING): "stratified"
+(default) samples the tokens where the MLP writes an outlier as a stratum of their own and weighs each
+probed token by its stratum's size; "random" draws them all alike (L's tokens are always random). L_l is always
 estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
 "lipschitz" is the L_l the score used, "unit_gain" the directional factors. L_l is a local,
 random-direction estimate, not a certified constant: single tokens can exceed (1 + L_l) ||delta||.
@@ -55,13 +58,14 @@ from .units import unit_query_heads
 
 PASS = "forward"
 DEFAULTS = {"aggregation": "std", "lipschitz": "directional", "lipschitz_quantile": 1.0,
-            "lipschitz_tokens": 128, "probe_share": 16, "probe_sampling": "random", "lipschitz_eps": 0.01}
+            "lipschitz_tokens": 128, "probe_share": 64, "probe_sampling": "stratified", "lipschitz_eps": 0.01}
 CHOICES = {"aggregation": ("mean_abs", "rms", "std"), "lipschitz": ("directional", "measured", "zero"),
            "probe_sampling": ("random", "stratified")}
 # probes of small calibrations (or of many units) use at least this many tokens: 4 tokens per unit prune as well
-# as 32 under global-energy (benchmarks/probe_share.py --perplexity, results/probe_share_ppl*.csv). probe_share stays
-# 16: 64 (a quarter of the probe tokens, ~3.5% less work on the default model) prunes as well under global-energy but
-# 7-8% worse under uniform and global-std at 0.2 (seed means; results/probe_share_uniform.csv)
+# as 32 under global-energy (benchmarks/probe_share.py --perplexity, results/probe_share_ppl*.csv). probe_share=64
+# (a quarter of the probe work of 16) with random tokens pruned 7-8% worse under uniform and global-std at 64 x 128
+# (results/probe_share_uniform.csv); stratified, it prunes within the seeds' noise of 16 there and better at 16 x 128
+# (results/probe_sampling*.csv; README "Cost of scoring")
 MIN_PROBE_TOKENS = 4
 LIMITS = {"lipschitz_quantile": (lambda q: 0 < q <= 1, "in (0, 1]"),
           "lipschitz_tokens": (lambda n: n >= 1, ">= 1"),
@@ -110,6 +114,7 @@ def lipschitz_ratios(h: torch.Tensor, moved: torch.Tensor, f_h: torch.Tensor, f_
 
 # ---- which tokens the gain probe measures: (indices [k], weights [k]) among a batch's, F(h) [tokens, hidden] ---------
 OUTLIER_FACTOR = 5.0  # "stratified": ||F(h_t)|| above this many batch medians puts token t in the outlier stratum
+OUTLIER_SHARE = 0.25  # "stratified": the most of a probe's tokens the outlier stratum takes (at least one)
 
 
 def random_pick(f: torch.Tensor, wanted: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,16 +126,17 @@ def random_pick(f: torch.Tensor, wanted: int, generator: torch.Generator) -> tup
 def stratified_pick(f: torch.Tensor, wanted: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Two strata drawn at random apart: the tokens where the MLP writes an outlier (||F(h_t)|| above
     OUTLIER_FACTOR batch medians: the massive activations a few blocks write at the first position), with up
-    to half the probe, and the rest; each probed token stands for its stratum's size over its sample's. Where
-    an outlier token's change dominates the block's (the default model's layer 11: 8 tokens in 1024 carry 56%
-    of it), a random draw mostly misses them and the gain varies by 100% between draws; this by a few percent."""
+    to OUTLIER_SHARE of the probe, and the rest; each probed token stands for its stratum's size over its
+    sample's. Where an outlier token's change dominates the block's (the default model's layer 11: 8 tokens
+    in 1024 carry 56% of it), a random draw mostly misses them and the gain varies by 100% between draws;
+    this by a few percent."""
     tokens = len(f)
     if wanted >= tokens:
         return torch.arange(tokens), torch.ones(tokens)
     f_norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32)
     outlier = (f_norm > OUTLIER_FACTOR * f_norm.median()).cpu()
     strata = [outlier.nonzero()[:, 0], (~outlier).nonzero()[:, 0]]
-    from_outliers = max(min(len(strata[0]), wanted // 2), wanted - len(strata[1]))
+    from_outliers = max(min(len(strata[0]), max(1, int(wanted * OUTLIER_SHARE))), wanted - len(strata[1]))
     picks, weights = [], []
     for members, n in zip(strata, (from_outliers, wanted - from_outliers)):
         if n > 0:
