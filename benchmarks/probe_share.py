@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/probe_share.py [--windows 64] [--shares 16,32,64] [--min-tokens 8]
     .venv/bin/python benchmarks/probe_share.py --perplexity --windows 16 --shares 16,64,128 --min-tokens 4 \
-        --seeds 0,1,2 [--compensation bias] [--out results/probe_share_ppl.csv]
+        --sampling random --seeds 0,1,2 [--compensation bias] [--out results/probe_share_ppl.csv]
     .venv/bin/python benchmarks/probe_share.py --perplexity --windows 64 --shares 16,64 --min-tokens 4 \
-        --out results/probe_share_ppl_64.csv      (64 x 128, global-energy; README: why 16 stays the default)
+        --sampling random --out results/probe_share_ppl_64.csv      (64 x 128, global-energy)
+
+--sampling: bip's probe_sampling (default: bip's default, stratified; the results/probe_share_*.csv files were
+made with random tokens, before stratified probes became the default in 664a746).
 
 Scores the default model (wiki-bb train, --windows x 128 tokens, seed 0) once per `probe_share` (calibration
 tokens per probe MLP token-pass; with the default model's 3 units and L, each probe uses one token in 4 x share,
@@ -58,7 +61,8 @@ def perplexities(loaded, args) -> int:
     """The --perplexity sweeps: one per seed, every variant in it; rows written to args.out as they come."""
     import pandas as pd
 
-    methods = [f"bip:probe_share={share}" for share in args.shares.split(",")] + ["bip:lipschitz=zero"]
+    methods = [f"bip:probe_share={share}:probe_sampling={args.sampling}" for share in args.shares.split(",")]
+    methods.append("bip:lipschitz=zero")
     tables = []
     for seed in (int(s) for s in args.seeds.split(",")):
         tables.append(sweep(loaded.model, loaded.tokenizer, methods, ratios=[0.2, 0.5], allocations=["global-energy"],
@@ -82,6 +86,8 @@ def main() -> int:
     parser.add_argument("--perplexity", action="store_true", help="prune and measure perplexity (see above)")
     parser.add_argument("--seeds", default="0,1,2", help="calibration seeds of --perplexity")
     parser.add_argument("--compensation", default="bias", choices=("bias", "refit", "none"))
+    parser.add_argument("--sampling", default=bip.DEFAULTS["probe_sampling"], choices=tuple(bip.PROBE_SAMPLING),
+                        help="how the gain probe's tokens are drawn (the results/probe_share_*.csv files: random)")
     parser.add_argument("--out", default="results/probe_share_ppl.csv")
     args = parser.parse_args()
     loaded = load_model("default")
@@ -92,7 +98,7 @@ def main() -> int:
     for share in (int(s) for s in args.shares.split(",")):
         started = time.process_time()
         runs.append(score(loaded.model, loaded.tokenizer, "bip", samples=args.windows, seq_len=128, batch_size=8,
-                          probe_share=share))
+                          probe_share=share, probe_sampling=args.sampling))
         print(f"probe_share {share}: {time.process_time() - started:.1f} CPU s", flush=True)
         if len(runs) > 1:
             print(f"  against probe_share {args.shares.split(',')[0]}: {compare(loaded.model, runs[0], runs[-1])}",
