@@ -21,31 +21,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bip_core.calibration import run_calibration, weight_rows  # noqa: E402
+from bip_core.calibration import run_calibration  # noqa: E402
 from bip_core.data import calibration_windows  # noqa: E402
 from bip_core.loading import load_model  # noqa: E402
 from bip_core.scoring import bip  # noqa: E402
 
 
 class EveryToken(bip.Stats):
-    """Per token and unit: ||Delta y_tg||, ||delta_tg|| and ||F(h_t)||, on the batch it sees."""
+    """Per token and unit: ||Delta y_tg|| and ||delta_tg||, with F(h), on the batch it sees."""
 
     def on_block(self, taps):
         z_units = self.unit_inputs(taps.z.float())
-        moved = z_units - z_units.mean(1, keepdim=True)
-        o_proj = torch.cat(list(weight_rows(self.parts.o_proj)))
-        delta = moved @ self.unit_inputs(o_proj).transpose(1, 2)  # [units, tokens, hidden]
+        delta = self.unit_outputs(z_units - z_units.mean(1, keepdim=True))  # [units, tokens, hidden]
         f_moved = self.mlp(bip.removed(taps.h, delta))
         change = (delta + taps.f.float()[None] - f_moved.float()).norm(dim=-1)
-        self.per_token = change, delta.norm(dim=-1), taps.f.float().norm(dim=-1)
+        self.per_token = change, delta.norm(dim=-1), taps.f
 
 
-def gain_errors(change, size, f_norm, rule, k: int, draws: int, generator) -> float:
+def gain_errors(change, size, f, rule, k: int, draws: int, generator) -> float:
     """rms relative error of the gains from k tokens drawn by `rule`, averaged over units."""
     exact = change.sum(1) / size.sum(1)
     estimates = []
     for _ in range(draws):
-        picked, weight = rule(f_norm[:, None], k, generator)
+        picked, weight = rule(f, k, generator)
         estimates.append((change[:, picked] @ weight) / (size[:, picked] @ weight))
     relative = torch.stack(estimates) / exact - 1
     return relative.square().mean(0).sqrt().mean().item()
@@ -65,13 +63,13 @@ def main() -> int:
     print("layer  outlier tokens  their share of the change  " + "  ".join(f"{r} {k}" for r, k in columns))
     errors = {column: [] for column in columns}
     for s in stats:
-        change, size, f_norm = s.per_token
-        outlier = f_norm > bip.OUTLIER_FACTOR * f_norm.median()
+        change, size, f = s.per_token
+        outlier = bip.outlier_tokens(f)
         share = (change[:, outlier].sum() / change.sum()).item()
         generator = torch.Generator().manual_seed(s.index)
         row = []
         for rule, k in columns:
-            errors[rule, k].append(gain_errors(change, size, f_norm, bip.PROBE_SAMPLING[rule], k, args.draws, generator))
+            errors[rule, k].append(gain_errors(change, size, f, bip.PROBE_SAMPLING[rule], k, args.draws, generator))
             row.append(f"{errors[rule, k][-1]:>{len(rule) + len(str(k)) + 1}.1%}")
         print(f"{s.index:>5}  {int(outlier.sum()):>14}  {share:>25.0%}  " + "  ".join(row))
     for name, reduce in (("median", lambda v: sorted(v)[len(v) // 2]), ("mean", lambda v: sum(v) / len(v))):

@@ -123,6 +123,13 @@ def random_pick(f: torch.Tensor, wanted: int, generator: torch.Generator) -> tup
     return picked, torch.ones(len(picked))
 
 
+def outlier_tokens(f: torch.Tensor) -> torch.Tensor:
+    """Where the MLP writes an outlier: ||F(h_t)|| above OUTLIER_FACTOR batch medians, bool [tokens] on the CPU
+    (f = F(h) [tokens, hidden])."""
+    f_norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32)
+    return (f_norm > OUTLIER_FACTOR * f_norm.median()).cpu()
+
+
 def stratified_pick(f: torch.Tensor, wanted: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Two strata drawn at random apart: the tokens where the MLP writes an outlier (||F(h_t)|| above
     OUTLIER_FACTOR batch medians: the massive activations a few blocks write at the first position), with up
@@ -133,8 +140,7 @@ def stratified_pick(f: torch.Tensor, wanted: int, generator: torch.Generator) ->
     tokens = len(f)
     if wanted >= tokens:
         return torch.arange(tokens), torch.ones(tokens)
-    f_norm = torch.linalg.vector_norm(f, dim=-1, dtype=torch.float32)
-    outlier = (f_norm > OUTLIER_FACTOR * f_norm.median()).cpu()
+    outlier = outlier_tokens(f)
     strata = [outlier.nonzero()[:, 0], (~outlier).nonzero()[:, 0]]
     from_outliers = max(min(len(strata[0]), max(1, int(wanted * OUTLIER_SHARE))), wanted - len(strata[1]))
     picks, weights = [], []
@@ -203,6 +209,12 @@ class Stats(LayerStats):
             heads = heads[:, self.head_order.to(z.device)]
         return heads.reshape(z.shape[0], self.units, self.unit_width).transpose(0, 1)
 
+    def unit_outputs(self, z_units: torch.Tensor) -> torch.Tensor:
+        """W_g z_tg, each unit's share of o_proj's output: [units, tokens, unit_width] float32 -> [units, tokens,
+        hidden], a block of o_proj's rows at a time (weight_rows)."""
+        return torch.cat([z_units @ self.unit_inputs(rows.to(z_units.device)).transpose(1, 2)
+                          for rows in weight_rows(self.parts.o_proj)], dim=-1)
+
     def unit_grams(self, device) -> torch.Tensor:
         if self.gram is None:  # G_g = W_g^T W_g, summed in place over blocks of o_proj's rows
             gram = torch.zeros(self.units, self.unit_width, self.unit_width, device=device)
@@ -241,9 +253,6 @@ class Stats(LayerStats):
     def probe_tokens(self) -> int:
         return probe_tokens(self.planned_tokens, self.units if self.directional else 0, self.options)
 
-    def pick(self, tokens: int, wanted: int, device) -> torch.Tensor:
-        return torch.randperm(tokens, generator=self.generator)[:wanted].to(device)
-
     def probe_gains(self, z: torch.Tensor, h: torch.Tensor, f: torch.Tensor):
         """"directional": the MLP's gain along each unit's own change (delta centred on the batch mean
         for "std", i.e. with the mean put back as compensation does). Returns (MLP inputs h - delta,
@@ -256,9 +265,7 @@ class Stats(LayerStats):
         picked, weight = sampling(f, wanted, self.generator)
         picked, weight = picked.to(z.device), weight.to(z.device)
         centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
-        moved = z_units[:, picked] - centre  # [units, k, unit_width]
-        delta = torch.cat([moved @ self.unit_inputs(rows.to(h.device)).transpose(1, 2)  # W_g z_tg, a block of rows
-                           for rows in weight_rows(self.parts.o_proj)], dim=-1)  # [units, k, hidden]
+        delta = self.unit_outputs(z_units[:, picked] - centre)  # [units, k, hidden]
 
         def record(f_moved: torch.Tensor) -> None:
             change, size = directional_change(f[picked], f_moved, delta, weight)
@@ -272,7 +279,7 @@ class Stats(LayerStats):
         wanted = self.probe_tokens() - sum(len(r) for r in self.lipschitz_ratios)
         if wanted <= 0:
             return None
-        picked = self.pick(h.shape[0], wanted, h.device)
+        picked = random_pick(h, wanted, self.generator)[0].to(h.device)
         e = random_directions(h[picked], self.options["lipschitz_eps"], self.generator)
         moved = h[picked] + e.to(h.dtype)
 
