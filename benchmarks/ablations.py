@@ -78,13 +78,14 @@ def main() -> int:
     ratios = [float(r) for r in args.ratios.split(",")]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    only = args.only.split(";") if args.only else None
     tables = []
-    if args.keep_others and args.only and out.exists():
+    if args.keep_others and only and out.exists():
         kept = pd.read_csv(out)
-        tables.append(kept[~kept["method"].isin(args.only.split(";"))])
+        tables.append(kept[~kept["method"].isin(only)])
     dense = not any((table["method"] == "dense").any() for table in tables)
     for label, spec, compensation, variant_allocations, samples, seed in VARIANTS:
-        if args.only and label not in args.only.split(";"):
+        if only and label not in only:
             continue
         t0 = time.perf_counter()
         table = sweep(loaded.model, loaded.tokenizer, [spec], ratios, variant_allocations, samples=samples,
