@@ -177,6 +177,7 @@ class Stats(LayerStats):
         order = unit_query_heads(g, unit)
         self.head_order = None if order == list(range(g.num_attention_heads)) else torch.tensor(order)
         self.gram = None  # [units, unit_width, unit_width]
+        self.batch_o_input: torch.Tensor | None = None  # this batch's sum of z over tokens [1, heads*head_dim]
         self.centred = options["aggregation"] == "std"
         self.unit_moments = RunningMoments(covariance=True)  # of z_tg, for "std"
         self.channel_moments = RunningMoments()  # of m_tj, for "std"
@@ -225,7 +226,7 @@ class Stats(LayerStats):
 
     def on_o_input(self, z):
         z = z.float()  # once, for the sum and the moments
-        total = super().on_o_input(z)  # [1, heads*head_dim]
+        total = self.batch_o_input = super().on_o_input(z)  # [1, heads*head_dim]; the probe's centre too
         if not self.units:  # attention pruned away
             return total
         z_units = self.unit_inputs(z)  # [units, tokens, unit_width]
@@ -264,11 +265,12 @@ class Stats(LayerStats):
         sampling = PROBE_SAMPLING[self.options["probe_sampling"]]
         picked, weight = sampling(f, wanted, self.generator)
         picked, weight = picked.to(z.device), weight.to(z.device)
-        centre = z_units.mean(1, keepdim=True) if self.centred else 0.0
+        centre = self.unit_inputs(self.batch_o_input) / len(z) if self.centred else 0.0  # the batch mean
         delta = self.unit_outputs(z_units[:, picked] - centre)  # [units, k, hidden]
+        f_picked = f[picked]
 
         def record(f_moved: torch.Tensor) -> None:
-            change, size = directional_change(f[picked], f_moved, delta, weight)
+            change, size = directional_change(f_picked, f_moved, delta, weight)
             self.gain_sums += torch.stack([change, size]).cpu()
             self.gain_tokens += len(picked)
         return removed(h[picked], delta), record
@@ -280,11 +282,12 @@ class Stats(LayerStats):
         if wanted <= 0:
             return None
         picked = random_pick(h, wanted, self.generator)[0].to(h.device)
-        e = random_directions(h[picked], self.options["lipschitz_eps"], self.generator)
-        moved = h[picked] + e.to(h.dtype)
+        h_picked, f_picked = h[picked], f[picked]
+        e = random_directions(h_picked, self.options["lipschitz_eps"], self.generator)
+        moved = h_picked + e.to(h.dtype)
 
         def record(f_moved: torch.Tensor) -> None:
-            self.lipschitz_ratios.append(lipschitz_ratios(h[picked], moved, f[picked], f_moved).cpu())
+            self.lipschitz_ratios.append(lipschitz_ratios(h_picked, moved, f_picked, f_moved).cpu())
         return moved, record
 
     def unit_gains(self) -> torch.Tensor:  # [units]
