@@ -18,7 +18,6 @@ from bip_core.errors import DataError, ScoresError
 from bip_core.loading import load_model, random_model
 from bip_core.scores import Scores
 from bip_core.scoring import METHODS, score
-from bip_core.scoring.bip import mlp_together
 from bip_core.scoring.units import head_channels
 from bip_core.tiny_configs import tiny_config
 
@@ -456,16 +455,48 @@ def test_weight_sums_match_the_whole_weight_in_blocks(monkeypatch):
     assert torch.equal(torch.cat(list(weight_rows(linear))), linear.weight.float())
 
 
-def test_probes_share_one_mlp_pass():
-    mlp = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.SiLU(), torch.nn.Linear(9, 6))
-    inputs = [torch.randn(3, 4, 6), torch.randn(5, 6)]
-    calls = []
-    mlp.register_forward_hook(lambda *_: calls.append(1))
-    with torch.no_grad():
-        together = mlp_together(mlp, inputs)
-        for y, x in zip(together, inputs, strict=True):
-            assert y.shape == x.shape and torch.allclose(y, mlp(x), atol=1e-6)
-    assert len(calls) == 1 + len(inputs)  # one pass for both, then the two checks
+@pytest.mark.parametrize("pipeline", ["whole", "layerwise"])
+def test_probes_ride_in_the_next_batch_mlp_call(tokenizer, pipeline, monkeypatch):
+    """LLM-BIP's probes, drawn from a layer's first batch, run inside that layer's MLP call of the next batch
+    (a few rows more in the model's own products), not in a call of their own; with riding turned off they
+    run in one call at the end. The scores are the same both ways, so the taps saw only the batch's own tokens
+    and the blocks' outputs (layer 1's inputs) were not changed."""
+    from bip_core.scoring import bip
+
+    model = random_model(tiny_config("llama", layers=2), seed=0)
+    calls = {0: [], 1: []}
+    for i in calls:
+        block_parts(model, i).mlp.register_forward_hook(
+            lambda _m, args, _o, i=i: calls[i].append(args[0].shape[:-1].numel()))
+    run = dict(source="wiki-bb", samples=16, seq_len=32, seed=0, batch_size=8, pipeline=pipeline)
+    riding = score(model, tokenizer, "bip", **run)
+    batch = 8 * 32
+    for rows in calls.values():
+        assert len(rows) == 2 and rows[0] == batch and rows[1] > batch  # the probes rode in batch 2
+        rows.clear()
+    monkeypatch.setattr(bip.Stats, "rider", lambda self: None)
+    alone = score(model, tokenizer, "bip", **run)
+    for rows in calls.values():
+        assert rows[:2] == [batch, batch] and len(rows) == 3  # the probes' own call, at the end
+    for a, b in zip(riding.layers, alone.layers, strict=True):
+        for key in ("attention", "mlp", "unit_gain", "output_scale", "lipschitz_estimate"):
+            assert torch.allclose(torch.tensor(a[key]), torch.tensor(b[key]), rtol=1e-5, atol=1e-7), key
+
+
+@pytest.mark.parametrize("features", [7, 128, 192, 600])
+def test_symmetric_products_accumulate_on_the_upper_blocks_and_mirror_to_the_whole(features):
+    from bip_core.calibration import add_outer_upper, mirror_upper, symmetric_blocks
+
+    d = torch.randn(2, 3, 40, features, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    into = torch.zeros(3, features, features, dtype=torch.float64)
+    add_outer_upper(into, d[0])
+    add_outer_upper(into, d[1])
+    bounds = symmetric_blocks(features)
+    assert len(bounds) - 1 == (1 if features < 128 else 2 if features < 512 else 4)
+    if len(bounds) > 2:  # below the diagonal: untouched until mirrored
+        assert not into[..., bounds[1]:, :bounds[1]].any()
+    whole = d[0].mT @ d[0] + d[1].mT @ d[1]
+    assert torch.allclose(mirror_upper(into), whole, rtol=1e-12, atol=1e-10)
 
 
 def test_probes_cost_a_fixed_share_of_the_pass_whatever_the_unit_count(default_loaded, tokenizer):
