@@ -129,7 +129,7 @@ def measure(label: str, samples: int, seq_len: int, batch_size: int, pipeline: s
 
 
 # LLM-BIP's statistics, by what they measure: the methods of bip_core.scoring.bip.Stats whose CPU time --breakdown sums
-BREAKDOWN = {"probes (but their rows in the MLP call)": ("probe_gains", "probe_lipschitz", "on_rider", "mlp"),
+BREAKDOWN = {"probes (gain and L, their MLP call)": ("probe_gains", "probe_lipschitz", "mlp"),
              "attention units' covariance": ("on_o_input",), "channel statistics": ("on_down_input",),
              "finish (Grams, column norms, L)": ("finish",)}
 

@@ -307,15 +307,6 @@ class LayerStats:
         self.add("down_input", total[0])
         return total
 
-    def rider(self) -> torch.Tensor | None:
-        """Extra inputs h [rows, hidden] for F in the block's MLP call of this batch, or None. The driver appends
-        them to the batch's own tokens (the taps never see them) and hands F of them to `on_rider`: a few rows
-        more in the model's own matrix products instead of an MLP call of their own (LLM-BIP's probes)."""
-        return None
-
-    def on_rider(self, f: torch.Tensor) -> None:
-        """F(h) [rows, hidden] of the rows `rider` gave, from the MLP call they rode in."""
-
     def on_block_output(self, y: torch.Tensor) -> None:
         self.tokens += y.shape[0]
         self.add("output_norm", torch.linalg.vector_norm(y.float(), dim=-1).sum())
@@ -358,35 +349,16 @@ class TapGroup:
             self.active = active
 
     def attach(self, parts: BlockParts, stats: LayerStats, after_block: Callable[[], None] | None = None) -> None:
-        """Tap the block `parts`; after each batch call stats.on_block(taps), then after_block(). The rows of
-        stats.rider() ride in the batch's MLP call (from RMSNorm2's input to the MLP's output; see `LayerStats.rider`)."""
+        """Tap the block `parts`; after each batch call stats.on_block(taps), then after_block()."""
         seen: dict[str, torch.Tensor] = {}
-        riding: dict = {}  # this batch, while rider rows are in the MLP call: its own token count and input shape
 
         def keep(name: str, use_output: bool = False):
             def hook(_module, args, output):
                 if self.active:
-                    x = first_output(output if use_output else args[0]).detach().flatten(0, -2)
-                    seen[name] = x[:riding.get("tokens")]  # the batch's own tokens
+                    seen[name] = first_output(output if use_output else args[0]).detach().flatten(0, -2)
             return hook
 
-        def board(_module, args):  # RMSNorm2's input [batch, seq, hidden] -> [tokens + rows, hidden]
-            rows = stats.rider() if self.active else None
-            if rows is None:
-                return None
-            x = args[0]
-            riding.update(tokens=x.shape[:-1].numel(), shape=x.shape)
-            return torch.cat([x.reshape(-1, x.shape[-1]), rows.to(x.device, x.dtype)]), *args[1:]
-
-        def alight(_module, _args, output):  # the MLP's output, back to the batch's own shape
-            if "tokens" not in riding:
-                return None
-            tokens, shape = riding.pop("tokens"), riding.pop("shape")
-            stats.on_rider(output[tokens:].detach())
-            return output[:tokens].reshape(*shape[:-1], output.shape[-1])
-
         def block_done(_module, _args, output):
-            riding.clear()
             if self.active:
                 y = first_output(output).detach().flatten(0, -2)  # [batch, seq, f] -> [tokens, f]
                 stats.on_block(BlockTaps(y=y, **seen))
@@ -394,7 +366,6 @@ class TapGroup:
                 if after_block is not None:
                     after_block()
 
-        self.handles += [parts.post_norm.register_forward_pre_hook(board), parts.mlp.register_forward_hook(alight)]
         for module, name, use_output in ((parts.o_proj, "z", False), (parts.post_norm, "h", False),
                                          (parts.down_proj, "m", False), (parts.mlp, "f", True)):
             self.handles.append(module.register_forward_hook(keep(name, use_output)))

@@ -18,6 +18,7 @@ from bip_core.errors import DataError, ScoresError
 from bip_core.loading import load_model, random_model
 from bip_core.scores import Scores
 from bip_core.scoring import METHODS, score
+from bip_core.scoring.bip import mlp_together
 from bip_core.scoring.units import head_channels
 from bip_core.tiny_configs import tiny_config
 
@@ -455,32 +456,16 @@ def test_weight_sums_match_the_whole_weight_in_blocks(monkeypatch):
     assert torch.equal(torch.cat(list(weight_rows(linear))), linear.weight.float())
 
 
-@pytest.mark.parametrize("pipeline", ["whole", "layerwise"])
-def test_probes_ride_in_the_next_batch_mlp_call(tokenizer, pipeline, monkeypatch):
-    """LLM-BIP's probes, drawn from a layer's first batch, run inside that layer's MLP call of the next batch
-    (a few rows more in the model's own products), not in a call of their own; with riding turned off they
-    run in one call at the end. The scores are the same both ways, so the taps saw only the batch's own tokens
-    and the blocks' outputs (layer 1's inputs) were not changed."""
-    from bip_core.scoring import bip
-
-    model = random_model(tiny_config("llama", layers=2), seed=0)
-    calls = {0: [], 1: []}
-    for i in calls:
-        block_parts(model, i).mlp.register_forward_hook(
-            lambda _m, args, _o, i=i: calls[i].append(args[0].shape[:-1].numel()))
-    run = dict(source="wiki-bb", samples=16, seq_len=32, seed=0, batch_size=8, pipeline=pipeline)
-    riding = score(model, tokenizer, "bip", **run)
-    batch = 8 * 32
-    for rows in calls.values():
-        assert len(rows) == 2 and rows[0] == batch and rows[1] > batch  # the probes rode in batch 2
-        rows.clear()
-    monkeypatch.setattr(bip.Stats, "rider", lambda self: None)
-    alone = score(model, tokenizer, "bip", **run)
-    for rows in calls.values():
-        assert rows[:2] == [batch, batch] and len(rows) == 3  # the probes' own call, at the end
-    for a, b in zip(riding.layers, alone.layers, strict=True):
-        for key in ("attention", "mlp", "unit_gain", "output_scale", "lipschitz_estimate"):
-            assert torch.allclose(torch.tensor(a[key]), torch.tensor(b[key]), rtol=1e-5, atol=1e-7), key
+def test_probes_share_one_mlp_pass():
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.SiLU(), torch.nn.Linear(9, 6))
+    inputs = [torch.randn(3, 4, 6), torch.randn(5, 6)]
+    calls = []
+    mlp.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        together = mlp_together(mlp, inputs)
+        for y, x in zip(together, inputs, strict=True):
+            assert y.shape == x.shape and torch.allclose(y, mlp(x), atol=1e-6)
+    assert len(calls) == 1 + len(inputs)  # one pass for both, then the two checks
 
 
 @pytest.mark.parametrize("features", [7, 128, 192, 600])
@@ -497,6 +482,25 @@ def test_symmetric_products_accumulate_on_the_upper_blocks_and_mirror_to_the_who
         assert not into[..., bounds[1]:, :bounds[1]].any()
     whole = d[0].mT @ d[0] + d[1].mT @ d[1]
     assert torch.allclose(mirror_upper(into), whole, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("covariance", [False, True])
+def test_running_moments_of_long_batches_far_from_zero_match_float64(covariance):
+    """Batches longer than SHIFT_TOKENS (the shift is the mean of spaced tokens of the first) and 130 features
+    (a scatter matrix accumulated on its upper blocks): mean and scatter as in float64, mean 1000 x the spread."""
+    from bip_core.calibration import SHIFT_TOKENS
+
+    x = torch.randn(2, 3 * SHIFT_TOKENS + 5, 130, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = x * torch.linspace(0.5, 2, 130, dtype=torch.float64) + 1000
+    moments = RunningMoments(covariance)
+    for chunk in x.split(2 * SHIFT_TOKENS + 1, dim=1):
+        moments.add(chunk.float())
+    d = x - x.mean(1, keepdim=True)
+    scatter = d.mT @ d if covariance else d.square().sum(1)
+    assert torch.allclose(moments.mean.double(), x.mean(1, keepdim=True), rtol=1e-6)
+    assert torch.allclose(moments.m2.double(), scatter, rtol=2e-3, atol=0.5)
+    assert torch.allclose(moments.m2.double().diagonal(dim1=-2, dim2=-1) if covariance else moments.m2.double(),
+                          d.square().sum(1), rtol=2e-3)
 
 
 def test_probes_cost_a_fixed_share_of_the_pass_whatever_the_unit_count(default_loaded, tokenizer):

@@ -21,11 +21,10 @@ the gains take units MLP token-passes per probed token and L one, and together t
 token-pass per `probe_share` (64) calibration tokens, so each probe uses
 k = min(lipschitz_tokens, max(4, calibration tokens / (probe_share x (units + 1)))) tokens drawn
 (seeded) from the first calibration batches (on the default model, 3 units: 8 at 16 x 128, 32 at
-64 x 128, 128 at 256 x 128; on a Llama-2-7B layer, 32 heads: 4 up to 64 x 128, 16 at 256 x 128), reusing
-F(h) from the block's own pass (probe_share=0: every calibration token, up to lipschitz_tokens). Their
-inputs ride in the block's MLP call of the next batch (`LayerStats.rider`: a few rows more in the model's own
-products; a call of their own cost 3 ms a layer on the default model, about 3% of its forward at 16 x 128),
-or run in one call at the end when no batch follows. The gain probe's tokens are drawn by `probe_sampling` (PROBE_SAMPLING): "stratified"
+64 x 128, 128 at 256 x 128; on a Llama-2-7B layer, 32 heads: 4 up to 64 x 128, 16 at 256 x 128), all in
+one MLP call, reusing F(h) from the block's own pass (probe_share=0: every calibration token, up to
+lipschitz_tokens; their rows riding in the model's own MLP call instead saved nothing measurable, README
+"Cost of scoring"). The gain probe's tokens are drawn by `probe_sampling` (PROBE_SAMPLING): "stratified"
 (default) samples the tokens where the MLP writes an outlier as a stratum of their own and weighs each
 probed token by its stratum's size; "random" draws them all alike (L's tokens are always random). L_l is always
 estimated and recorded ("lipschitz_estimate") for the app's teaching chart;
@@ -156,14 +155,12 @@ def stratified_pick(f: torch.Tensor, wanted: int, generator: torch.Generator) ->
 PROBE_SAMPLING = {"random": random_pick, "stratified": stratified_pick}
 
 
-def stacked(inputs: list[torch.Tensor]) -> torch.Tensor:
-    """inputs ([..., hidden] each) as the rows of one matrix [rows, hidden]."""
-    return torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs])
-
-
-def unstacked(out: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The rows `out` [rows, hidden] of an MLP call on stacked(inputs), split back into inputs' shapes."""
-    return [y.reshape(x.shape) for y, x in zip(out.split([x[..., 0].numel() for x in inputs]), inputs)]
+def mlp_together(mlp: Mlp, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[mlp(x) for x in inputs] ([..., hidden] each) in one call over all their tokens: one set of
+    larger matrix products instead of several small ones."""
+    rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
+    out = mlp(torch.cat(rows)).split([len(r) for r in rows])
+    return [y.reshape(x.shape) for y, x in zip(out, inputs)]
 
 
 def random_directions(h: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
@@ -188,8 +185,7 @@ class Stats(LayerStats):
         self.lipschitz_ratios: list[torch.Tensor] = []
         self.directional = options["lipschitz"] == "directional"
         self.gain_sums = torch.zeros(2, self.units)  # sum_t ||Delta y_tg||, sum_t ||delta_tg|| on probed tokens
-        self.gain_tokens = self.lipschitz_tokens = 0  # tokens drawn for each probe
-        self.pending: list[tuple[torch.Tensor, Callable]] = []  # probes (MLP inputs, record(F of them)) to run
+        self.gain_tokens = 0
         self.generator = layer_generator(seed, index)
 
     def mlp(self, h: torch.Tensor) -> torch.Tensor:
@@ -201,21 +197,10 @@ class Stats(LayerStats):
         super().on_block(taps)  # unit and channel statistics (on_o_input, on_down_input below)
         probes = [self.probe_gains(taps.z, taps.h, taps.f) if self.directional and self.units else None,
                   self.probe_lipschitz(taps.h, taps.f)]
-        self.pending += [p for p in probes if p is not None]
-
-    # ---- the probes' MLP inputs ride in the block's next MLP call (the next batch's), else run at the end -------
-    def rider(self) -> torch.Tensor | None:
-        return stacked([moved for moved, _ in self.pending]) if self.pending else None
-
-    def on_rider(self, f: torch.Tensor) -> None:
-        probes, self.pending = self.pending, []
-        for (_, record), f_moved in zip(probes, unstacked(f, [moved for moved, _ in probes])):
-            record(f_moved)
-
-    def run_pending(self) -> None:
-        """The probes no later batch took: in one MLP call of their own."""
-        if self.pending:
-            self.on_rider(self.mlp(stacked([moved for moved, _ in self.pending])))
+        probes = [p for p in probes if p is not None]
+        if probes:  # both probes in one MLP pass
+            for (_, record), f_moved in zip(probes, mlp_together(self.mlp, [moved for moved, _ in probes])):
+                record(f_moved)
 
     # ---- attention: mean_t ||W_g z_tg|| ----------------------------------------------------------
     def unit_inputs(self, z: torch.Tensor) -> torch.Tensor:
@@ -288,17 +273,16 @@ class Stats(LayerStats):
         def record(f_moved: torch.Tensor) -> None:
             change, size = directional_change(f_picked, f_moved, delta, weight)
             self.gain_sums += torch.stack([change, size]).cpu()
-        self.gain_tokens += len(picked)
+            self.gain_tokens += len(picked)
         return removed(h[picked], delta), record
 
     def probe_lipschitz(self, h: torch.Tensor, f: torch.Tensor):
         """L_l: ||F(h+e) - F(h)|| / ||e|| on a few tokens. Returns (MLP inputs h + e, record(F of them)),
         or None once enough tokens were probed."""
-        wanted = self.probe_tokens() - self.lipschitz_tokens
+        wanted = self.probe_tokens() - sum(len(r) for r in self.lipschitz_ratios)
         if wanted <= 0:
             return None
         picked = random_pick(h, wanted, self.generator)[0].to(h.device)
-        self.lipschitz_tokens += len(picked)
         h_picked, f_picked = h[picked], f[picked]
         e = random_directions(h_picked, self.options["lipschitz_eps"], self.generator)
         moved = h_picked + e.to(h.dtype)
@@ -332,7 +316,6 @@ class Stats(LayerStats):
         return self.mean("squared_m").sqrt()  # rms_t(m_tj)
 
     def finish(self):
-        self.run_pending()
         out = super().finish()
         estimate = self.lipschitz_estimate()
         lipschitz = estimate if self.options["lipschitz"] == "measured" else 0.0
