@@ -158,9 +158,9 @@ SHIFT_TOKENS = 128  # RunningMoments' shift: the mean of about this many tokens,
 class RunningMoments:
     """Mean and scatter (sum of squared deviations from the mean) over tokens, accumulated in place batch
     by batch about a fixed shift near the mean, that of about SHIFT_TOKENS tokens evenly spaced in the
-    first batch ("shifted data"): a variance stays accurate in
-    float32 even where the mean is far larger than the spread, and a batch adds no full-size temporaries
-    (a [features, features] scatter is updated in place).
+    first batch ("shifted data"): a variance stays accurate in float32 even where the mean is far larger
+    than the spread, and a batch adds no full-size temporaries (a [features, features] scatter is updated
+    in place).
 
     x: [..., tokens, features]. `m2` is the scatter per feature [..., features], or with covariance=True
     the scatter matrix [..., features, features] (its trace with a Gram matrix gives the variance of a
