@@ -44,18 +44,20 @@ KEY = ["method", "seed", "ratio", "compensation", "sequential", "alpha"]
 
 
 def measure(loaded, scores, method: str, seed: int, ratio: float, compensation: str, sequential: bool,
-            alpha: float, windows: int) -> dict:
-    """One pruned model's valid perplexity, with what it took to make it."""
+            alpha: float, windows: int, split: str = "valid", allocation: str | None = None) -> dict:
+    """One pruned model's perplexity on wiki-bb `split` (valid: where settings are chosen), with what it took to
+    make it; `allocation`: the method's own (ALLOCATION) unless given."""
     model, tokenizer = loaded.model, loaded.tokenizer
     started = time.perf_counter()
-    plan = make_plan(scores, model, ratio, allocation=ALLOCATION[method])
+    allocation = allocation or ALLOCATION[method]
+    plan = make_plan(scores, model, ratio, allocation=allocation)
     done = compress_like(model, tokenizer, plan, scores, sequential=sequential, compensation=compensation,
                          alpha=alpha)
     pruned = prune_model(model, done.plan, bias_compensation=compensation == "bias", scores=done.scores,
                          refit=done.refit)
     made = time.perf_counter() - started
-    result = perplexity(pruned, tokenizer, split="valid", windows=windows)
-    return {"method": method, "allocation": ALLOCATION[method], "seed": seed, "ratio": ratio,
+    result = perplexity(pruned, tokenizer, split=split, windows=windows)
+    return {"method": method, "allocation": allocation, "seed": seed, "ratio": ratio,
             "compensation": compensation, "sequential": sequential,
             "alpha": alpha if compensation == "refit" else float("nan"),
             "removed_attention_mlp": round(done.plan.summary()["removed_attention_mlp"], 4), "ppl": result["ppl"],

@@ -13,9 +13,14 @@ mean of the mean and the median.
 
     .venv/bin/python benchmarks/explore_block_scale.py [--seeds 0,1,2] [--modes bias/dense,refit/sequential]
         [--scales "mean (default),median"] [--out results/block_scale.csv] [--threads 1]
+        [--split test --windows 256]                                    # the test split, once chosen
+        [--methods flap,wanda-sp,taylor --allocations global-energy,global --modes practice]   # the baselines
 
-Each (seed, scale, ratio, mode) is one row of --out; rows already there are skipped, so runs resume
-and several processes can fill different seeds into different files. --summary prints the table in --out.
+Each (method, allocation, seed, scale, ratio, mode) is one row of --out; rows already there are skipped, so
+runs resume and several processes can fill different seeds into different files. --summary prints the
+table in --out. The other methods are scored with their defaults, like LLM-BIP, and pruned with their own
+practice (--modes practice: bip_core.practice), so that a scale that helps every global ranking is seen
+to.
 Result (README "The block scale of the global ranking", results/block_scale.csv): sqrt(mean x median) is better
 than the mean at both ratios under refit + sequential (-12% at 0.5); not the default yet.
 """
@@ -36,6 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bip_core.architecture import decoder_layers  # noqa: E402
 from bip_core.data import calibration_windows  # noqa: E402
 from bip_core.loading import load_model  # noqa: E402
+from bip_core.practice import PRACTICE  # noqa: E402
 from bip_core.scoring import score  # noqa: E402
 from bip_core.scoring.bip import OUTLIER_FACTOR  # noqa: E402
 from bip_core.sequential import REFIT_ALPHA  # noqa: E402
@@ -73,7 +79,7 @@ SCALES = {  # name -> a block's scale from its tokens' output norms ||y_t|| [tok
     "mean^(3/4) x median^(1/4)": lambda n: n.mean() ** 0.75 * n.median() ** 0.25,
     "mean^(1/4) x median^(3/4)": lambda n: n.mean() ** 0.25 * n.median() ** 0.75,
 }
-KEY = ["seed", "scale", "ratio", "compensation", "sequential"]
+KEY = ["method", "allocation", "seed", "scale", "ratio", "compensation", "sequential"]
 
 
 def with_scale(scores, norms: list[torch.Tensor], scale: str):
@@ -91,7 +97,7 @@ def done_rows(out: Path) -> set[tuple]:
     if not out.exists():
         return set()
     table = pd.read_csv(out)
-    return {(int(s), c, round(float(r), 4), m, bool(q)) for s, c, r, m, q in table[KEY].itertuples(index=False)}
+    return {(a, b, int(s), c, round(float(r), 4), m, bool(q)) for a, b, s, c, r, m, q in table[KEY].itertuples(index=False)}
 
 
 def append(out: Path, row: dict) -> None:
@@ -102,21 +108,26 @@ def append(out: Path, row: dict) -> None:
     table.to_csv(out, index=False)
 
 
-def run_seed(loaded, seed: int, args, out: Path) -> None:
-    """Every (scale, ratio, mode) of one calibration seed that --out does not have yet."""
+def modes(method: str, args) -> list[tuple[str, bool]]:
+    """(compensation, sequential) pairs of --modes; "practice": the method's own (bip_core.practice)."""
+    return [PRACTICE.get(method, ("none", False)) if mode == "practice" else (mode.split("/")[0], mode.endswith("sequential"))
+            for mode in args.modes.split(",")]
+
+
+def run_seed(loaded, method: str, seed: int, args, out: Path) -> None:
+    """Every (allocation, scale, ratio, mode) of one method and calibration seed that --out does not have yet."""
     model, tokenizer = loaded.model, loaded.tokenizer
-    todo = [(scale, ratio, mode) for scale in args.scales.split(",") for ratio in (0.2, 0.5)
-            for mode in args.modes.split(",")
-            if (seed, scale, ratio, mode.split("/")[0], mode.endswith("sequential")) not in done_rows(out)]
+    todo = [(allocation, scale, ratio, mode) for allocation in args.allocations.split(",")
+            for scale in args.scales.split(",") for ratio in (0.2, 0.5) for mode in modes(method, args)
+            if (method, allocation, seed, scale, ratio, *mode) not in done_rows(out)]
     if not todo:
         return
-    scores = score(model, tokenizer, "bip", samples=64, seq_len=128, seed=seed)
+    scores = score(model, tokenizer, method, samples=64, seq_len=128, seed=seed)
     norms = token_norms(model, calibration_windows(tokenizer, "wiki-bb", 64, 128, seed))
-    for scale, ratio, mode in todo:
-        compensation, sequential = mode.split("/")[0], mode.endswith("sequential")
-        row = measure(loaded, with_scale(scores, norms, scale), "bip", seed, ratio, compensation, sequential,
-                      REFIT_ALPHA, args.windows)
-        row = {"seed": seed, "scale": scale, **{k: v for k, v in row.items() if k != "seed"}}
+    for allocation, scale, ratio, (compensation, sequential) in todo:
+        row = measure(loaded, with_scale(scores, norms, scale), method, seed, ratio, compensation, sequential,
+                      REFIT_ALPHA, args.windows, args.split, allocation)
+        row = {"seed": seed, "scale": scale, "split": args.split, **{k: v for k, v in row.items() if k != "seed"}}
         print(row, flush=True)
         append(out, row)
 
@@ -124,10 +135,15 @@ def run_seed(loaded, seed: int, args, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--windows", type=int, default=64)
+    parser.add_argument("--windows", type=int, default=64, help="evaluation windows (256: the paper's test protocol)")
+    parser.add_argument("--split", default="valid", choices=("valid", "test"),
+                        help="wiki-bb split to evaluate on (valid: where settings are chosen; test: a check once chosen)")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default="bip", help="scoring methods, e.g. bip,flap,wanda-sp,taylor")
+    parser.add_argument("--allocations", default="global-energy", help="global rankings to plan with, e.g. global-energy,global")
     parser.add_argument("--scales", default=",".join(SCALES))
-    parser.add_argument("--modes", default="bias/dense", help="compensation/sequential pairs, e.g. bias/dense,refit/sequential")
+    parser.add_argument("--modes", default="bias/dense",
+                        help="compensation/sequential pairs, e.g. bias/dense,refit/sequential; practice: each method's own")
     parser.add_argument("--out", default=str(ROOT / "results" / "block_scale.csv"))
     parser.add_argument("--summary", action="store_true", help="only print the seed means of --out")
     args = parser.parse_args()
@@ -136,11 +152,12 @@ def main() -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         loaded = load_model("default")
-        for seed in map(int, args.seeds.split(",")):
-            run_seed(loaded, seed, args, out)
+        for method in args.methods.split(","):
+            for seed in map(int, args.seeds.split(",")):
+                run_seed(loaded, method, seed, args, out)
     table = pd.read_csv(out)
-    print(table.pivot_table(index=["compensation", "sequential", "scale"], columns=["ratio", "seed"], values="ppl")
-          .round(1).to_string())
+    print(table.pivot_table(index=["method", "allocation", "compensation", "sequential", "scale"],
+                            columns=["ratio", "seed"], values="ppl").round(1).to_string())
     return 0
 
 

@@ -253,8 +253,9 @@ def layer_parts(layer: torch.nn.Module) -> BlockParts:
 
 class LayerStats:
     """Statistics of one decoder block. The base class keeps what every calibrated method records:
-    the token count, the mean inputs of o_proj and down_proj (for bias compensation) and the sum of
-    ||y_t|| (the block's output scale). Subclasses add their own sums and call `super()` first.
+    the token count, the mean inputs of o_proj and down_proj (for bias compensation) and the mean and
+    median of ||y_t|| (the block's output scale, bip_core.allocation BLOCK_SCALES). Subclasses add their
+    own sums and call `super()` first.
 
     The driver calls `on_block(taps)` once per batch, after the block ran; `finish()` while
     `self.parts` (the block's modules, re-pointed by `bind(layer)` at an onloaded copy in the
@@ -268,6 +269,7 @@ class LayerStats:
         self.tokens = 0
         self.planned_tokens: int | None = None  # all calibration tokens, told by the driver (`begin`)
         self.sums: dict[str, torch.Tensor] = {}
+        self.output_norms: list[torch.Tensor] = []  # ||y_t|| [tokens] per batch, for the median (4 bytes a token)
         self.muted = _nothing  # set by the driver
 
     def begin(self, planned_tokens: int) -> None:
@@ -309,13 +311,16 @@ class LayerStats:
 
     def on_block_output(self, y: torch.Tensor) -> None:
         self.tokens += y.shape[0]
-        self.add("output_norm", torch.linalg.vector_norm(y.float(), dim=-1).sum())
+        norms = torch.linalg.vector_norm(y.float(), dim=-1)
+        self.add("output_norm", norms.sum())
+        self.output_norms.append(norms)
 
     def finish(self) -> dict:
         """The layer's entry of the scores file; subclasses add `attention` and `mlp`."""
         if self.tokens == 0:
             return {}
         return {"output_scale": self.mean("output_norm").item(),
+                "output_median": torch.cat(self.output_norms).median().item(),  # the lower middle one
                 "o_input_mean": self.mean("o_input"),
                 "down_input_mean": self.mean("down_input")}
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .allocation import ALLOCATIONS, ALLOCATORS, RATIO_OPTIONAL, Request, active_layers, round_channels, top
+from .allocation import (ALLOCATIONS, ALLOCATORS, BLOCK_SCALES, RATIO_OPTIONAL, Request, active_layers, round_channels,
+                         top)
 from .architecture import (UNIT_KINDS, LayerGeometry, check_geometry, default_unit, geometry_from_record,
                            geometry_record, model_geometry)
 from .atomic import write_text_atomic
@@ -233,14 +234,18 @@ def _scores_unit(scores_meta: dict, geometry: list[LayerGeometry]) -> str:
 
 
 def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int = 0, skip_last: int = 0,
-              layer_ratios=None, allow_empty_attention: bool = False, round_to: int = 1) -> Plan:
+              layer_ratios=None, allow_empty_attention: bool = False, round_to: int = 1,
+              block_scale: str = "mean") -> Plan:
     """Kept units and channels per layer that remove `ratio` of the attention+MLP parameters.
 
     scores: a `Scores` or its JSON dict; model: the model the scores are from (only its geometry and
-    parameter counts are read). `ratio` may be None for the manual allocation.
+    parameter counts are read). `ratio` may be None for the manual allocation. block_scale: what the
+    global rankings divide a block's scores by (bip_core.allocation BLOCK_SCALES).
     """
     if allocation not in ALLOCATORS:
         raise PlanError(f"Unknown allocation '{allocation}'; choose one of {', '.join(ALLOCATIONS)}.")
+    if block_scale not in BLOCK_SCALES:
+        raise PlanError(f"Unknown block scale '{block_scale}'; choose one of {', '.join(BLOCK_SCALES)}.")
     ratio = None if (ratio is None and allocation in RATIO_OPTIONAL) else _check_ratio(ratio)
     layers, scores_meta = scores_parts(scores)
     geometry = model_geometry(model)
@@ -255,7 +260,7 @@ def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int
     request = Request(attention=attention, mlp=mlp, layers=layers, costs=costs, ratio=ratio,
                       active=active_layers(n_layers, skip_first, skip_last),
                       min_units=0 if allow_empty_attention else 1, layer_ratios=layer_ratios,
-                      method=scores_meta.get("method"))
+                      method=scores_meta.get("method"), block_scale=block_scale)
     keep_units, keep_channels = ALLOCATORS[allocation](request)
     keep_channels = round_channels(keep_channels, costs.channels, round_to)
 
@@ -267,6 +272,7 @@ def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int
         "method": scores_meta.get("method"),
         "ratio": ratio,
         "allocation": allocation,
+        "block_scale": block_scale,
         "skip_first": int(skip_first),
         "skip_last": int(skip_last),
         "round_to": int(round_to),
@@ -282,4 +288,4 @@ def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int
     return plan
 
 
-__all__ = ["ALLOCATIONS", "Costs", "Plan", "make_plan", "scores_parts"]
+__all__ = ["ALLOCATIONS", "BLOCK_SCALES", "Costs", "Plan", "make_plan", "scores_parts"]

@@ -10,6 +10,8 @@ Other tools read it (plans, the app, sweeps); keep it stable. JSON layout:
          "lipschitz_estimate": float,             bip: the measured L_l, whether used or not
          "unit_gain": [float, ...],               bip, lipschitz="directional": attention factor per unit
          "output_scale": float,                   mean_t ||y_t||_2 of the block output
+         "output_median": float,                  median_t ||y_t||_2 (the lower middle one; calibrated methods
+                                                  since 2026-12-03, for allocation's block_scale="mean-median")
          "o_input_mean": [float, ...],            mean input of o_proj [heads*head_dim]
          "down_input_mean": [float, ...],         mean input of down_proj [intermediate]
          "standardisation": {"attention": [mean, std], "mlp": [mean, std]}

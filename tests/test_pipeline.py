@@ -52,7 +52,8 @@ def skeleton(folder):
 
 def assert_same_scores(a, b, rtol=1e-4):
     for i, (la, lb) in enumerate(zip(a.layers, b.layers, strict=True)):
-        for key in ("attention", "mlp", "lipschitz_estimate", "unit_gain", "output_scale", "down_input_mean"):
+        for key in ("attention", "mlp", "lipschitz_estimate", "unit_gain", "output_scale", "output_median",
+                    "down_input_mean"):
             if key in la:
                 assert torch.allclose(torch.tensor(la[key]), torch.tensor(lb[key]), rtol=rtol, atol=1e-9), (i, key)
 

@@ -107,6 +107,26 @@ def test_global_divides_by_output_scale_and_parameters():
     assert kept_channels.max() - kept_channels.min() < kept_channels.max() * 0.5
 
 
+def test_mean_median_block_scale_divides_by_the_geometric_mean_of_mean_and_median():
+    model = random_model(tiny_config("llama", gqa=True, layers=4), seed=0)
+    mean, median = [2.0, 1.5, 30.0, 2.5], [1.8, 1.4, 3.0, 2.0]  # layer 2: a few huge tokens lift its mean
+    scores = fake_scores(model, output_scale=mean, output_median=median)
+    geometric = fake_scores(model, output_scale=[(a * b) ** 0.5 for a, b in zip(mean, median)])
+    for allocation in ("global", "global-energy"):
+        plan = make_plan(scores, model, 0.3, allocation, block_scale="mean-median")
+        assert plan.meta["block_scale"] == "mean-median"
+        assert plan.layers == make_plan(geometric, model, 0.3, allocation).layers
+        assert plan.layers != make_plan(scores, model, 0.3, allocation).layers  # the mean alone prunes layer 2 harder
+    with pytest.raises(PlanError, match="output_median.*Score again, or use block scale 'mean'"):
+        make_plan(fake_scores(model, output_scale=mean), model, 0.3, "global-energy", block_scale="mean-median")
+    with pytest.raises(PlanError, match="Unknown block scale 'median'; choose one of mean, mean-median"):
+        make_plan(scores, model, 0.3, "global-energy", block_scale="median")
+    # weight-only scores record no output scale: no block scale either way
+    bare = fake_scores(model, output_scale=[None] * 4)
+    assert (make_plan(bare, model, 0.3, "global", block_scale="mean-median").layers
+            == make_plan(bare, model, 0.3, "global").layers)
+
+
 def test_global_std_uses_recorded_flap_statistics():
     model = random_model(tiny_config("llama", gqa=True, layers=4), seed=0)
     stats = [{"attention": [0.0, 1.0], "mlp": [0.0, 1.0]}] * 4
@@ -279,6 +299,9 @@ def test_plan_cli(tmp_path, capsys):
 
     code = cli_main(["plan", "--scores", str(scores_file), "--ratio", "1.2", "--out", str(out)])
     assert code == 2 and "[0, 1)" in capsys.readouterr().err
+    code = cli_main(["plan", "--scores", str(scores_file), "--ratio", "0.3", "--allocation", "global",
+                     "--block-scale", "mean-median", "--out", str(tmp_path / "median.json")])
+    assert code == 2 and "do not record" in capsys.readouterr().err  # these made-up scores have no median
     code = cli_main(["plan", "--scores", str(scores_file), "--allocation", "manual",
                      "--layer-ratios", str(out), "--out", str(tmp_path / "manual.json")])
     assert code == 0 and Plan.load(tmp_path / "manual.json").layers == Plan.load(out).layers

@@ -201,6 +201,7 @@ def test_lipschitz_and_output_scale_are_recorded(tiny_model, tokenizer):
     assert layer["lipschitz"] > 0
     assert layer["lipschitz_estimate"] == layer["lipschitz"]
     assert layer["output_scale"] == pytest.approx(mean_norm(y), rel=1e-4)
+    assert layer["output_median"] == pytest.approx(y.norm(dim=-1).flatten().median().item(), rel=1e-4)  # all batches
     assert score(tiny_model, tokenizer, "bip", **CALIBRATION).meta["options"]["lipschitz"] == "directional"
     zero = score(tiny_model, tokenizer, "bip", lipschitz="zero", **CALIBRATION).layers[0]
     assert zero["lipschitz"] == 0

@@ -1,5 +1,6 @@
-"""`python -m bip_core plan --scores scores.json --ratio R --allocation NAME [--skip-first N --skip-last N
---round-to 8 --allow-empty-attention --layer-ratios JSON|FILE --model SPEC] --out plan.json`
+"""`python -m bip_core plan --scores scores.json --ratio R --allocation NAME [--block-scale mean|mean-median
+--skip-first N --skip-last N --round-to 8 --allow-empty-attention --layer-ratios JSON|FILE --model SPEC]
+--out plan.json`
 
 Prints the plan summary as JSON. The model (default: the one named in the scores) is only read for its
 geometry and parameter counts.
@@ -14,11 +15,14 @@ from .common import add_device_arguments, add_model_argument, load_kwargs, print
 
 def add_plan_arguments(parser, required: bool = True) -> None:
     """Arguments that make a plan from scores (shared with `prune`)."""
-    from ..plan import ALLOCATIONS
+    from ..plan import ALLOCATIONS, BLOCK_SCALES
 
     parser.add_argument("--ratio", type=float, required=required,
                         help="fraction of attention+MLP parameters to remove, in [0, 1)")
     parser.add_argument("--allocation", choices=ALLOCATIONS, default="uniform", help="default uniform")
+    parser.add_argument("--block-scale", choices=tuple(BLOCK_SCALES), default="mean",
+                        help="what global and global-energy divide a block's scores by: the mean token norm of its "
+                             "output (default) or sqrt(mean x median), which massive-activation tokens sway less")
     parser.add_argument("--skip-first", type=int, default=0, help="leave the first N layers whole")
     parser.add_argument("--skip-last", type=int, default=0, help="leave the last N layers whole")
     parser.add_argument("--round-to", type=int, default=1, help="kept MLP channels a multiple of this (e.g. 8)")
@@ -44,7 +48,8 @@ def plan_from_args(args, scores, model):
 
     return make_plan(scores, model, args.ratio, allocation=args.allocation, skip_first=args.skip_first,
                      skip_last=args.skip_last, layer_ratios=_layer_ratios(args.layer_ratios),
-                     allow_empty_attention=args.allow_empty_attention, round_to=args.round_to)
+                     allow_empty_attention=args.allow_empty_attention, round_to=args.round_to,
+                     block_scale=args.block_scale)
 
 
 def model_spec(args, scores) -> str:
