@@ -38,9 +38,10 @@ An allocation maps a `Request` (scores, costs, ratio, constraints) to kept count
 The global rankings differ only in their priority function (`PRIORITIES`: lower goes first); a new
 ranking is one entry there, any other rule one entry in `ALLOCATORS`.
 
-The block scale that global and global-energy divide by (`BLOCK_SCALES`, a plan's `block_scale`):
+The block scale that global and global-energy divide by (`BLOCK_SCALES`, a plan's `block_scale`; "auto",
+the default, takes mean-median where the scores record the median, else mean):
 
-  mean         mean_t ||y_t|| of the block's outputs (the scores' output_scale; the default)
+  mean         mean_t ||y_t|| of the block's outputs (the scores' output_scale)
   mean-median  sqrt(mean x median) of ||y_t|| (output_scale, output_median): less swayed by the few
               massive-activation tokens that multiply a block's mean norm (the default model's layer 11:
               2.3x), which make the later blocks' relative changes look small. LLM-BIP under global-energy,
@@ -94,6 +95,16 @@ def mean_median(layer: dict) -> float | None:
 
 # name -> a block's scale from its scores entry (the module docstring); None where the entry lacks what it needs
 BLOCK_SCALES = {"mean": lambda layer: layer["output_scale"], "mean-median": mean_median}
+
+
+def resolve_block_scale(block_scale: str, layers: list[dict]) -> str:
+    """A BLOCK_SCALES name; "auto": mean-median where every layer records its output median (scores made since
+    2026-12-03), else mean (older scores plan as they did)."""
+    if block_scale == "auto":
+        return "mean-median" if all("output_median" in layer for layer in layers) else "mean"
+    if block_scale not in BLOCK_SCALES:
+        raise PlanError(f"Unknown block scale '{block_scale}'; choose one of auto, {', '.join(BLOCK_SCALES)}.")
+    return block_scale
 
 
 def nearest(x) -> np.ndarray:
@@ -353,4 +364,4 @@ RATIO_OPTIONAL = ("manual",)  # allocations that take no global ratio
 
 
 __all__ = ["ALLOCATIONS", "ALLOCATORS", "BLOCK_SCALES", "PRIORITIES", "RATIO_OPTIONAL", "Request", "top",
-           "round_channels", "active_layers", "nearest"]
+           "round_channels", "active_layers", "nearest", "resolve_block_scale"]

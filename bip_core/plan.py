@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .allocation import (ALLOCATIONS, ALLOCATORS, BLOCK_SCALES, RATIO_OPTIONAL, Request, active_layers, round_channels,
-                         top)
+from .allocation import (ALLOCATIONS, ALLOCATORS, BLOCK_SCALES, RATIO_OPTIONAL, Request, active_layers,
+                         resolve_block_scale, round_channels, top)
 from .architecture import (UNIT_KINDS, LayerGeometry, check_geometry, default_unit, geometry_from_record,
                            geometry_record, model_geometry)
 from .atomic import write_text_atomic
@@ -235,19 +235,19 @@ def _scores_unit(scores_meta: dict, geometry: list[LayerGeometry]) -> str:
 
 def make_plan(scores, model, ratio, allocation: str = "uniform", skip_first: int = 0, skip_last: int = 0,
               layer_ratios=None, allow_empty_attention: bool = False, round_to: int = 1,
-              block_scale: str = "mean") -> Plan:
+              block_scale: str = "auto") -> Plan:
     """Kept units and channels per layer that remove `ratio` of the attention+MLP parameters.
 
     scores: a `Scores` or its JSON dict; model: the model the scores are from (only its geometry and
     parameter counts are read). `ratio` may be None for the manual allocation. block_scale: what the
-    global rankings divide a block's scores by (bip_core.allocation BLOCK_SCALES).
+    global rankings divide a block's scores by (bip_core.allocation BLOCK_SCALES; "auto": mean-median where
+    the scores record output medians, else mean).
     """
     if allocation not in ALLOCATORS:
         raise PlanError(f"Unknown allocation '{allocation}'; choose one of {', '.join(ALLOCATIONS)}.")
-    if block_scale not in BLOCK_SCALES:
-        raise PlanError(f"Unknown block scale '{block_scale}'; choose one of {', '.join(BLOCK_SCALES)}.")
     ratio = None if (ratio is None and allocation in RATIO_OPTIONAL) else _check_ratio(ratio)
     layers, scores_meta = scores_parts(scores)
+    block_scale = resolve_block_scale(block_scale, layers)
     geometry = model_geometry(model)
     unit = _scores_unit(scores_meta, geometry)
     attention, mlp = _score_arrays(layers, geometry, unit, scores_meta.get("model"))

@@ -116,10 +116,15 @@ def test_mean_median_block_scale_divides_by_the_geometric_mean_of_mean_and_media
         plan = make_plan(scores, model, 0.3, allocation, block_scale="mean-median")
         assert plan.meta["block_scale"] == "mean-median"
         assert plan.layers == make_plan(geometric, model, 0.3, allocation).layers
-        assert plan.layers != make_plan(scores, model, 0.3, allocation).layers  # the mean alone prunes layer 2 harder
+        assert plan.layers != make_plan(scores, model, 0.3, allocation, block_scale="mean").layers  # layer 2 cut harder
+        assert make_plan(scores, model, 0.3, allocation).layers == plan.layers  # auto: the median is recorded
+    older = fake_scores(model, output_scale=mean)  # scores made before output_median was recorded
+    auto = make_plan(older, model, 0.3, "global-energy")
+    assert auto.meta["block_scale"] == "mean"
+    assert auto.layers == make_plan(older, model, 0.3, "global-energy", block_scale="mean").layers
     with pytest.raises(PlanError, match="output_median.*Score again, or use block scale 'mean'"):
-        make_plan(fake_scores(model, output_scale=mean), model, 0.3, "global-energy", block_scale="mean-median")
-    with pytest.raises(PlanError, match="Unknown block scale 'median'; choose one of mean, mean-median"):
+        make_plan(older, model, 0.3, "global-energy", block_scale="mean-median")
+    with pytest.raises(PlanError, match="Unknown block scale 'median'; choose one of auto, mean, mean-median"):
         make_plan(scores, model, 0.3, "global-energy", block_scale="median")
     # weight-only scores record no output scale: no block scale either way
     bare = fake_scores(model, output_scale=[None] * 4)

@@ -1,4 +1,4 @@
-"""`python -m bip_core plan --scores scores.json --ratio R --allocation NAME [--block-scale mean|mean-median
+"""`python -m bip_core plan --scores scores.json --ratio R --allocation NAME [--block-scale auto|mean|mean-median
 --skip-first N --skip-last N --round-to 8 --allow-empty-attention --layer-ratios JSON|FILE --model SPEC]
 --out plan.json`
 
@@ -20,9 +20,10 @@ def add_plan_arguments(parser, required: bool = True) -> None:
     parser.add_argument("--ratio", type=float, required=required,
                         help="fraction of attention+MLP parameters to remove, in [0, 1)")
     parser.add_argument("--allocation", choices=ALLOCATIONS, default="uniform", help="default uniform")
-    parser.add_argument("--block-scale", choices=tuple(BLOCK_SCALES), default="mean",
+    parser.add_argument("--block-scale", choices=("auto", *BLOCK_SCALES), default="auto",
                         help="what global and global-energy divide a block's scores by: the mean token norm of its "
-                             "output (default) or sqrt(mean x median), which massive-activation tokens sway less")
+                             "output, or sqrt(mean x median), which massive-activation tokens sway less; auto "
+                             "(default): mean-median where the scores record the median")
     parser.add_argument("--skip-first", type=int, default=0, help="leave the first N layers whole")
     parser.add_argument("--skip-last", type=int, default=0, help="leave the last N layers whole")
     parser.add_argument("--round-to", type=int, default=1, help="kept MLP channels a multiple of this (e.g. 8)")
