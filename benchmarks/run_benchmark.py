@@ -14,7 +14,8 @@ wiki-bb train (64 x 128 tokens, seed 0), then pruned physically at the asked att
       its default compensation (BIP_COMPENSATION, BIP_SEQUENTIAL below, or the flags).
   (b) best allocation at the exact ratio: each method (with its own compensation and sequential
       practice) under every candidate allocation (CANDIDATES: uniform, its own rule scaled to the
-      budget, its own global ranking (GLOBAL_OF), global-energy, global-std, MLP-only), each measured
+      budget, its own global ranking (GLOBAL_OF), global-energy, global-std, MLP-only; global and
+      global-energy under both block scales, sqrt(mean x median) and the mean: SCALED), each measured
       on wiki-bb VALID (--valid-windows windows); the best there among those that remove at least the
       asked ratio (less UNDERSHOOT) is then evaluated on test. Candidates whose plan keeps the same
       counts as an earlier one are not measured twice. Every candidate's valid PPL is written to
@@ -80,6 +81,10 @@ BIP_COMPENSATION, BIP_SEQUENTIAL = PRACTICE["bip"]  # refit, sequential: chosen 
 GLOBAL_OF = {"bip": "global-energy", "flap": "global-std"}
 # own global before paper-scaled: for FLAP and LLM-BIP they are the same plan, which keeps the clearer name
 CANDIDATES = ["uniform", "global", "paper-scaled", "global-energy", "global-std", "mlp-only"]
+# the rankings that divide by a block scale (bip_core.allocation BLOCK_SCALES) are candidates under each: the
+# default sqrt(mean x median) and the mean, so that a method whose ranking prefers the mean gets it (FLAP's
+# global-energy does, at both ratios)
+SCALED = ("global", "global-energy")
 # (b) takes a candidate only when it removes at least the asked ratio less this (some rules cannot hit a ratio
 # exactly: LLM-Pruner's scaled rule reaches 53.3% for 0.5); removing more only handicaps the method itself.
 UNDERSHOOT = 0.005
@@ -126,9 +131,21 @@ def practice(method: str, args) -> tuple[str, bool]:
     return PRACTICE.get(method, ("none", False))
 
 
-def candidates(method: str) -> list[str]:
-    """The allocations (b) chooses among, each method's `global` being its own ranking."""
-    return list(dict.fromkeys(GLOBAL_OF.get(method, "global") if a == "global" else a for a in CANDIDATES))
+def candidates(method: str) -> list[tuple[str, str | None]]:
+    """The (allocation, block scale) pairs (b) chooses among, each method's `global` being its own ranking; the
+    block scale is None for the allocations that use none."""
+    names = dict.fromkeys(GLOBAL_OF.get(method, "global") if a == "global" else a for a in CANDIDATES)
+    return [(a, scale) for a in names for scale in (("mean-median", "mean") if a in SCALED else (None,))]
+
+
+def candidate(row: dict) -> tuple[str, str | None]:
+    """A row's (allocation, block scale), the scale None where the allocation uses none."""
+    return row["allocation"], row.get("block_scale") if row["allocation"] in SCALED else None
+
+
+def label(allocation: str, block_scale) -> str:
+    """The allocation's name, with its block scale when that is not the default."""
+    return allocation if not isinstance(block_scale, str) or block_scale == "mean-median" else f"{allocation} ({block_scale} scale)"
 
 
 def ordered(table: pd.DataFrame) -> pd.DataFrame:
@@ -160,9 +177,11 @@ class Benchmark:
         if args.resume:  # rows and valid candidates already measured by an interrupted run of this part
             self.rows, self.choices = records(self.out), records(self.choice_out)
 
-    def done(self, **fields) -> dict | None:
-        """The row of this run (or of the run it resumes) whose fields equal `fields`."""
-        return next((r for r in self.rows if all(r.get(k) == v for k, v in fields.items())), None)
+    def done(self, choice: tuple[str, str | None] | None = None, **fields) -> dict | None:
+        """The row of this run (or of the run it resumes) whose fields equal `fields` (and whose (allocation,
+        block scale) is `choice`)."""
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in fields.items())
+                     and (choice is None or candidate(r) == choice)), None)
 
     def _run(self, evaluation, extras) -> _Run:
         run = _Run(self.model, self.tokenizer, evaluation, None, extras, self.progress, 0)
@@ -217,43 +236,43 @@ class Benchmark:
         self.progress(0, 0, f"scored {method} in {scores.meta.get('seconds', 0):.0f} s")
         return scores
 
-    def choose(self, method: str, scores, ratio: float) -> str:
-        """The candidate allocation with the lowest valid PPL at `ratio` among those that remove at least
-        ratio - UNDERSHOOT (every candidate recorded, with its valid PPL)."""
+    def choose(self, method: str, scores, ratio: float) -> tuple[str, str | None]:
+        """The candidate (allocation, block scale) with the lowest valid PPL at `ratio` among those that remove at
+        least ratio - UNDERSHOOT (every candidate recorded, with its valid PPL)."""
         common, seen, eligible = self.common(method, scores), {}, {}
-        measured = {c["allocation"]: c for c in self.choices  # by a resumed run
+        measured = {candidate(c): c for c in self.choices  # by a resumed run
                     if c.get("method") == method and c.get("ratio") == ratio and not isinstance(c.get("same_plan_as"), str)
                     and c.get("ppl") is not None and np.isfinite(c["ppl"])}
         self.choices = [c for c in self.choices if not (c.get("method") == method and c.get("ratio") == ratio)]
-        for allocation in candidates(method):
-            entry = {"method": method, "ratio": ratio, "allocation": allocation}
+        for allocation, block_scale in candidates(method):
+            entry = {"method": method, "ratio": ratio, "allocation": allocation, "block_scale": block_scale}
             try:
-                counts = make_plan(scores, self.model, ratio, allocation).kept_counts()
+                counts = make_plan(scores, self.model, ratio, allocation, block_scale=block_scale or "auto").kept_counts()
             except PlanError as err:
                 self.choices.append({**entry, "error": str(err)})
                 self.save()
                 continue
             key = np.concatenate(counts).tobytes()
             if key in seen:  # the same counts give the same pruned model: not measured twice
-                self.choices.append({**self.choices[seen[key]], "allocation": allocation,
-                                     "same_plan_as": self.choices[seen[key]]["allocation"]})
+                self.choices.append({**self.choices[seen[key]], "allocation": allocation, "block_scale": block_scale,
+                                     "same_plan_as": label(*candidate(self.choices[seen[key]]))})
                 self.save()
                 continue
-            row = measured.get(allocation) or self.evaluate(self.valid, scores,
-                                                            {**common, "allocation": allocation, "ratio": ratio})
+            row = measured.get((allocation, block_scale)) or self.evaluate(
+                self.valid, scores, {**common, "allocation": allocation, "block_scale": block_scale, "ratio": ratio})
             seen[key] = len(self.choices)
             removed = row.get("removed_attention_mlp")
             ok = removed is not None and removed >= ratio - UNDERSHOOT
             self.choices.append({**choice_fields(row), "eligible": ok})
             if ok and row.get("ppl") is not None and np.isfinite(row["ppl"]):
-                eligible[allocation] = row["ppl"]
+                eligible[allocation, block_scale] = row["ppl"]
             self.save()
         if not eligible:
             raise SystemExit(f"{method} at {ratio}: no candidate allocation could be planned at that ratio")
         best = min(eligible, key=eligible.get)
         for entry in self.choices:
             if entry.get("method") == method and entry.get("ratio") == ratio:
-                entry["chosen"] = entry["allocation"] == best
+                entry["chosen"] = candidate(entry) == best
         self.save()
         return best
 
@@ -266,32 +285,34 @@ class Benchmark:
                             view="a", ratio_group=ratio)
         return self.add(row)
 
-    def best_allocation(self, method: str, scores, ratio: float, allocation: str) -> dict:
-        """(b): the allocation chosen on valid, at the asked ratio, on test with zero-shot and speed."""
-        done = self.done(view="b", method=method, ratio=ratio, allocation=allocation)
+    def best_allocation(self, method: str, scores, ratio: float, choice: tuple[str, str | None]) -> dict:
+        """(b): the (allocation, block scale) chosen on valid, at the asked ratio, on test with zero-shot and speed."""
+        done = self.done(choice, view="b", method=method, ratio=ratio)
         if done is not None:
             return done
         valid_ppl = next(c.get("ppl") for c in self.choices
-                         if c.get("method") == method and c.get("ratio") == ratio and c["allocation"] == allocation)
+                         if c.get("method") == method and c.get("ratio") == ratio and candidate(c) == choice)
+        allocation, block_scale = choice
         row = self.evaluate(self.test_extras, scores, {**self.common(method, scores), "allocation": allocation,
-                                                       "ratio": ratio},
+                                                       "block_scale": block_scale, "ratio": ratio},
                             view="b", ratio_group=ratio, valid_ppl=valid_ppl, chosen_on=self.chosen_on)
         return self.add(row)
 
-    def at_fraction(self, scores, allocation: str, other: dict) -> dict:
-        """(c): LLM-BIP with `allocation` at exactly the fraction the row `other` removed, on test (rows that
-        removed the same fraction share one evaluation)."""
+    def at_fraction(self, scores, choice: tuple[str, str | None], other: dict) -> dict:
+        """(c): LLM-BIP with its chosen (allocation, block scale) at exactly the fraction the row `other` removed, on
+        test (rows that removed the same fraction share one evaluation)."""
         fraction = float(other["removed_attention_mlp"])
         labels = {"view": "c", "ratio_group": float(other["ratio"]), "chosen_on": self.chosen_on,
                   "compared_with": f"{other['method']} ({other['view']}) {other['allocation']} at {float(other['ratio']):g}"}
-        same_row = self.done(view="c", allocation=allocation, compared_with=labels["compared_with"])
+        same_row = self.done(choice, view="c", compared_with=labels["compared_with"])
         if same_row is not None:  # measured by the run this one resumes
             return same_row
-        same_fraction = self.done(view="c", allocation=allocation, ratio=fraction)
+        same_fraction = self.done(choice, view="c", ratio=fraction)
         if same_fraction is not None:
             return self.add({**same_fraction, **labels})
+        allocation, block_scale = choice
         row = self.evaluate(self.test, scores, {**self.common("bip", scores), "allocation": allocation,
-                                                "ratio": fraction}, **labels)
+                                                "block_scale": block_scale, "ratio": fraction}, **labels)
         return self.add(row)
 
 
@@ -309,7 +330,7 @@ def records(path: Path) -> list[dict]:
 
 
 def choice_fields(row: dict) -> dict:
-    keys = ["method", "allocation", "ratio", "ppl", "removed_attention_mlp", "compensation", "sequential", "split",
+    keys = ["method", "allocation", "block_scale", "ratio", "ppl", "removed_attention_mlp", "compensation", "sequential", "split",
             "windows", "tokens", "error"]
     return {k: row.get(k) for k in keys}
 
@@ -329,10 +350,10 @@ def run(args) -> pd.DataFrame:
         scores = bench.score(method)
         for ratio in ratios:
             bench.own_rule(method, scores, ratio)
-            allocation = bench.choose(method, scores, ratio)
-            bench.best_allocation(method, scores, ratio, allocation)
+            choice = bench.choose(method, scores, ratio)
+            bench.best_allocation(method, scores, ratio, choice)
             if method == "bip":
-                bip_choice[ratio] = allocation
+                bip_choice[ratio] = choice
         if method == "bip":
             bip_scores = scores
         del scores
@@ -347,11 +368,11 @@ def run(args) -> pd.DataFrame:
             fraction = float(other["removed_attention_mlp"])
             if other["view"] == "b" and abs(fraction - float(other["ratio"])) <= UNDERSHOOT:
                 continue  # at the asked ratio: LLM-BIP's own (b) row is the comparison
-            allocation = bip_choice.get(float(other["ratio"]))
-            if allocation is None:
+            choice = bip_choice.get(float(other["ratio"]))
+            if choice is None:
                 print(f"no LLM-BIP choice at ratio {other['ratio']}; (c) for {other['method']} skipped", file=sys.stderr)
                 continue
-            bench.at_fraction(bip_scores, allocation, other)
+            bench.at_fraction(bip_scores, choice, other)
     return ordered(pd.DataFrame(bench.rows))
 
 
@@ -377,7 +398,7 @@ def write_chart(table: pd.DataFrame, path: Path) -> None:
 
 
 def _allocation_cell(row) -> str:
-    cell = str(row["allocation"])
+    cell = label(*candidate(row))
     if row["view"] == "a":
         details = [c for c in (row.get("compensation") if row.get("compensation") not in (None, "none") else None,
                                "sequential" if row.get("sequential") in (True, "True") else None) if c]
@@ -436,7 +457,8 @@ def update_readme(table: pd.DataFrame, command: str, settings: str) -> None:
               "each other method's (a) row removed (and each (b) row that missed the asked ratio). Each method "
               "prunes as its authors' code does (FLAP: bias compensation; Wanda-sp: sequential; LLM-Pruner's "
               "Taylor, magnitude and random: one pass, no compensation), LLM-BIP with its default, sequential "
-              "refit (bip_core/practice.py).")
+              "refit (bip_core/practice.py). The global rankings divide by sqrt(mean x median) of each block's "
+              "output token norms unless a row says \"mean scale\" (both are candidates in (b)).")
     body = (f"{README_START}\nMade on {datetime.date.today().isoformat()} by `{command}` ({settings}).\n{legend}\n\n"
             f"{markdown_table(table)}\n{README_END}")
     head, rest = text.split(README_START, 1)

@@ -34,7 +34,7 @@ from .perplexity import paper_split, perplexity
 from .practice import resolve_compensation, resolve_sequential
 from .scores import is_centred, recommends_compensation  # noqa: F401  (is_centred: sweep's old name)
 
-COLUMNS = ["method", "allocation", "ratio", "ppl", "nll", "params", "params_attention_mlp", "removed_attention_mlp",
+COLUMNS = ["method", "allocation", "block_scale", "ratio", "ppl", "nll", "params", "params_attention_mlp", "removed_attention_mlp",
            "removed_total", "score_seconds", "score_peak_memory_bytes", "prune_seconds", "eval_seconds",
            "bias_compensation", "compensation", "sequential", "refit_alpha", "unit", "dataset", "split", "seq_len", "windows", "tokens", "calibration_source",
            "calibration_samples", "calibration_seq_len", "seed", "error"]
@@ -125,10 +125,13 @@ def _prune_and_evaluate(run: _Run, scores, row: dict) -> None:
     from .sequential import compress_like
     from .surgery import prune_model
 
-    label = f"{row['method']} {row['allocation']} {row['ratio']}"
+    scale = row.get("block_scale")
+    label = f"{row['method']} {row['allocation']}{f' ({scale} scale)' if scale else ''} {row['ratio']}"
     try:
         t0 = time.perf_counter()
-        plan = make_plan(scores, run.model, row["ratio"], allocation=row["allocation"])
+        plan = make_plan(scores, run.model, row["ratio"], allocation=row["allocation"],
+                         block_scale=row.get("block_scale") or "auto")
+        row["block_scale"] = plan.meta["block_scale"]  # the one the global rankings divide by (auto resolved)
         with compress_like(run.model, run.tokenizer, plan, scores, sequential=row["sequential"],
                            compensation=row["compensation"], alpha=row["refit_alpha"], **run.score_options) as done:
             pruned = prune_model(run.model, done.plan, bias_compensation=row["compensation"] == "bias",
