@@ -118,10 +118,10 @@ def modes(method: str, args) -> list[tuple[str, bool]]:
 
 def run_seed(loaded, method: str, seed: int, args, out: Path) -> None:
     """Every (allocation, scale, ratio, mode) of one method and calibration seed that --out does not have yet."""
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer, done = loaded.model, loaded.tokenizer, done_rows(out)
     todo = [(allocation, scale, ratio, mode) for allocation in args.allocations.split(",")
             for scale in args.scales.split(",") for ratio in (0.2, 0.5) for mode in modes(method, args)
-            if (method, allocation, seed, scale, ratio, *mode) not in done_rows(out)]
+            if (method, allocation, seed, scale, ratio, *mode) not in done]
     if not todo:
         return
     scores = score(model, tokenizer, method, samples=64, seq_len=128, seed=seed)

@@ -75,7 +75,7 @@ class Request:
     block_scale: str = "mean"     # BLOCK_SCALES: what the global rankings divide a block's scores by
 
     @property
-    def output_scale(self) -> np.ndarray | None:
+    def block_scales(self) -> np.ndarray | None:
         """Per-layer block scale (BLOCK_SCALES[block_scale]) when every layer records what it needs; None when
         the scores record no output scale at all (weight-only methods)."""
         if any(layer.get("output_scale") is None for layer in self.layers):
@@ -169,7 +169,7 @@ def _standardise(s: np.ndarray, stats=None) -> np.ndarray:
 
 
 def per_parameter(power: int):
-    """Priority (score / block output_scale)^power / parameters removed."""
+    """Priority (score / block scale)^power / parameters removed."""
     def priority(req: Request, i: int, scale: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         s = scale[i] if scale is not None and scale[i] > 0 else 1.0
         return ((req.attention[i] / s) ** power / req.costs.unit_cost[i],
@@ -183,14 +183,14 @@ def standardised(req: Request, i: int, scale) -> tuple[np.ndarray, np.ndarray]:
     return _standardise(req.attention[i], stats.get("attention")), _standardise(req.mlp[i], stats.get("mlp"))
 
 
-# name -> priority(request, layer, output_scale or None) -> (unit priorities, channel priorities)
+# name -> priority(request, layer, block_scales or None) -> (unit priorities, channel priorities)
 PRIORITIES = {"global": per_parameter(1), "global-energy": per_parameter(2), "global-std": standardised}
 
 
 def _ranking(req: Request, priority):
     """(priority, cost, layer, is_unit) of every removable unit and channel of the active layers; a layer's
     best channel (and best unit unless attention may go) gets priority inf: it is never removed."""
-    costs, scale, columns = req.costs, req.output_scale, []
+    costs, scale, columns = req.costs, req.block_scales, []
     for i in np.flatnonzero(req.active):
         pa, pm = (p.copy() for p in priority(req, i, scale))
         if req.min_units and pa.size:

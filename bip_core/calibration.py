@@ -131,24 +131,27 @@ def symmetric_blocks(features: int) -> list[int]:
     return [features * i // count for i in range(count + 1)]
 
 
+def upper_blocks(features: int, diagonal: bool = True) -> list[tuple[slice, slice]]:
+    """(rows, columns) of the symmetric_blocks on and above the diagonal (diagonal=False: strictly above)."""
+    bounds = symmetric_blocks(features)
+    spans = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    return [(rows, columns) for i, rows in enumerate(spans) for columns in spans[i if diagonal else i + 1:]]
+
+
 def add_outer_upper(into: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """add_outer(into, d) on the blocks on and above the diagonal only (symmetric_blocks): the blocks below it
     are left as they were until `mirror_upper` fills them. Scatter and Gram matrices accumulate this way."""
-    bounds, rows = symmetric_blocks(d.shape[-1]), d.reshape(-1, *d.shape[-2:])
-    target = into.view(-1, *into.shape[-2:])
-    for i, (top, bottom) in enumerate(zip(bounds, bounds[1:])):
-        for left, right in zip(bounds[i:], bounds[i + 1:]):
-            target[:, top:bottom, left:right].baddbmm_(rows[..., top:bottom].mT, rows[..., left:right])
+    rows, target = d.reshape(-1, *d.shape[-2:]), into.view(-1, *into.shape[-2:])
+    for top, left in upper_blocks(d.shape[-1]):
+        target[:, top, left].baddbmm_(rows[..., top].mT, rows[..., left])
     return into
 
 
 def mirror_upper(into: torch.Tensor) -> torch.Tensor:
     """The blocks below the diagonal of a symmetric matrix [..., f, f] made by add_outer_upper, copied in place
     from those above it; returns `into`."""
-    bounds = symmetric_blocks(into.shape[-1])
-    for i, (top, bottom) in enumerate(zip(bounds, bounds[1:])):
-        for left, right in zip(bounds[i + 1:], bounds[i + 2:]):
-            into[..., left:right, top:bottom].copy_(into[..., top:bottom, left:right].mT)
+    for top, left in upper_blocks(into.shape[-1], diagonal=False):
+        into[..., left, top].copy_(into[..., top, left].mT)
     return into
 
 
